@@ -1,0 +1,23 @@
+"""The ``batchsage`` command line: a thin layer over the Python API.
+
+Each command lives in its own module and registers itself on the shared Typer ``app``; bad input
+(a :class:`~batchsage.errors.BatchsageError`) becomes one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from batchsage.cli._app import app
+
+
+def main() -> None:
+    """Console-script entry point."""
+    try:
+        app()
+    except KeyboardInterrupt:  # raised outside a command (e.g. during import)
+        sys.exit(130)
+
+
+# Command modules: importing one registers its commands on ``app``.
+from batchsage.cli import train as _train  # noqa: E402,F401

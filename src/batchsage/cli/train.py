@@ -1,0 +1,120 @@
+"""``batchsage tasks`` and ``batchsage train``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.table import Table
+
+from batchsage.cli._app import TASK_HELP, app, console, fmt, reports_errors, write_json
+from batchsage.errors import BatchsageError
+
+
+@app.command()
+@reports_errors
+def tasks(as_json: bool = typer.Option(False, "--json", help="print JSON instead of a table")) -> None:
+    """List the built-in tasks: sizes, metric, target, base batch size and lr."""
+    from batchsage.tasks import BUILTIN_NAMES, build_builtin
+
+    rows = []
+    for name in BUILTIN_NAMES:
+        try:
+            task = build_builtin(name)
+        except BatchsageError as exc:
+            rows.append({"name": name, "available": False, "error": str(exc)})
+            continue
+        rows.append(
+            {
+                "name": name,
+                "available": True,
+                "train_samples": task.num_train_samples,
+                "val_samples": task.num_val_samples,
+                "metric": task.metric_name,
+                "target": task.target,
+                "higher_is_better": task.higher_is_better,
+                "base_batch_size": task.base_batch_size,
+                "base_lr": task.base_lr,
+                "max_samples": task.max_samples,
+                "description": task.description,
+            }
+        )
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    table = Table(title="built-in tasks")
+    for column in ("name", "train", "val", "metric", "target", "base B", "base lr", "description"):
+        table.add_column(column)
+    for row in rows:
+        if not row["available"]:
+            table.add_row(row["name"], "-", "-", "-", "-", "-", "-", f"[red]{row['error']}[/]")
+            continue
+        goal = ("≥ " if row["higher_is_better"] else "≤ ") + f"{row['target']:.4g}"
+        table.add_row(
+            row["name"], str(row["train_samples"]), str(row["val_samples"]), row["metric"], goal,
+            str(row["base_batch_size"]), f"{row['base_lr']:g}", row["description"],
+        )
+    console.print(table)
+
+
+@app.command("train")
+@reports_errors
+def train_command(
+    task: str = typer.Option(..., "--task", help=TASK_HELP),
+    batch_size: int = typer.Option(..., "--batch-size", help="global batch per optimiser step"),
+    lr: float = typer.Option(..., "--lr", help="peak learning rate"),
+    accumulation: int = typer.Option(1, "--accumulation", help="micro-batches per step"),
+    warmup_steps: int = typer.Option(0, "--warmup-steps", help="linear warmup steps"),
+    seed: int | None = typer.Option(None, "--seed", help="default: the task's seed"),
+    device: str = typer.Option("cpu", "--device", help="cpu, cuda or mps"),
+    json_path: Path | None = typer.Option(None, "--json", help="write the result as JSON here"),
+) -> None:
+    """Train one (batch size, lr) to the task's target and report time to target."""
+    from batchsage.task import load_task
+    from batchsage.training import train, validate_run_args
+
+    loaded = load_task(task)
+    validate_run_args(loaded, batch_size, lr, accumulation, warmup_steps)
+    with console.status(f"training {loaded.name} at B={batch_size}, lr={lr:g}"):
+        result = train(
+            loaded, batch_size, lr, accumulation_steps=accumulation, warmup_steps=warmup_steps,
+            seed=seed, device=device,
+        )
+    document = {
+        key: value
+        for key, value in result.to_dict().items()
+        if key in TRAIN_JSON_KEYS
+    }
+    _print_train_result(document, loaded.metric_name)
+    write_json(json_path, document)
+
+
+TRAIN_JSON_KEYS = (
+    "task", "batch_size", "lr", "seed", "reached_target", "steps_to_target", "samples_to_target",
+    "seconds_to_target", "step_seconds_median", "final_metric", "diverged", "accumulation_steps",
+    "warmup_steps", "steps", "samples", "train_seconds", "stop_reason",
+)
+
+
+def _print_train_result(document: dict[str, Any], metric_name: str) -> None:
+    table = Table(title=f"{document['task']}: B={document['batch_size']}, lr={document['lr']:g}")
+    table.add_column("quantity")
+    table.add_column("value", justify="right")
+    if document["diverged"]:
+        outcome = "[red]diverged[/]"
+    elif document["reached_target"]:
+        outcome = "[green]reached target[/]"
+    else:
+        outcome = "[yellow]budget exhausted[/]"
+    table.add_row("outcome", outcome)
+    table.add_row("steps to target", fmt(document["steps_to_target"]))
+    table.add_row("samples to target", fmt(document["samples_to_target"]))
+    table.add_row("seconds to target", fmt(document["seconds_to_target"], ".2f"))
+    table.add_row("median step (ms)", fmt(document["step_seconds_median"] * 1000, ".3f"))
+    table.add_row(f"final {metric_name}", fmt(document["final_metric"], ".4f"))
+    table.add_row("steps run", str(document["steps"]))
+    console.print(table)
+
+

@@ -1,0 +1,113 @@
+"""``charlm``: a character-level GRU language model on Python's own standard-library sources.
+
+The text is the concatenation of the standard library's ``.py`` files in sorted order (local on
+every Python install; override with ``BATCHSAGE_CHARLM_TEXT=path``), mapped to bytes below 128.
+Sequences of 64 characters predict the next character; the metric is validation loss in nats per
+character.
+"""
+
+from __future__ import annotations
+
+import os
+import sysconfig
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import Dataset, TensorDataset
+
+from batchsage.task import Task, TaskError
+
+SEQ_LEN = 64
+VOCAB = 128
+TRAIN_CHARS = 1_500_000
+VAL_CHARS = 100_000
+
+
+def _stdlib_text(limit: int) -> str:
+    root = Path(sysconfig.get_paths()["stdlib"])
+    parts: list[str] = []
+    total = 0
+    for path in sorted(root.glob("*.py")):
+        text = path.read_text(encoding="utf-8", errors="replace")
+        parts.append(text)
+        total += len(text)
+        if total >= limit:
+            break
+    if total < limit // 4:
+        raise TaskError(f"too little text under {root} for the charlm task ({total} characters)")
+    return "".join(parts)[:limit]
+
+
+@lru_cache(maxsize=1)
+def load() -> tuple[TensorDataset, TensorDataset]:
+    override = os.environ.get("BATCHSAGE_CHARLM_TEXT")
+    total = TRAIN_CHARS + VAL_CHARS
+    if override:
+        path = Path(override)
+        if not path.is_file():
+            raise TaskError(f"BATCHSAGE_CHARLM_TEXT points to {path}, which does not exist")
+        text = path.read_text(encoding="utf-8", errors="replace")[:total]
+    else:
+        text = _stdlib_text(total)
+    codes = torch.tensor([min(ord(c), VOCAB - 1) for c in text], dtype=torch.long)
+    split_at = int(len(codes) * TRAIN_CHARS / total)
+    return _windows(codes[:split_at]), _windows(codes[split_at:])
+
+
+def _windows(codes: torch.Tensor) -> TensorDataset:
+    count = (len(codes) - 1) // SEQ_LEN
+    inputs = codes[: count * SEQ_LEN].view(count, SEQ_LEN)
+    targets = codes[1 : count * SEQ_LEN + 1].view(count, SEQ_LEN)
+    return TensorDataset(inputs, targets)
+
+
+class CharGRU(nn.Module):
+    def __init__(self, hidden: int = 128) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(VOCAB, 32)
+        self.gru = nn.GRU(32, hidden, batch_first=True)
+        self.head = nn.Linear(hidden, VOCAB)
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        states, _ = self.gru(self.embed(inputs))
+        return self.head(states)
+
+
+def lm_loss(model: nn.Module, batch: Any) -> torch.Tensor:
+    inputs, targets = batch
+    logits = model(inputs)
+    return F.cross_entropy(logits.reshape(-1, VOCAB), targets.reshape(-1))
+
+
+def val_loss(model: nn.Module, data: Dataset, chunk: int = 512) -> float:
+    inputs, targets = data.tensors  # type: ignore[attr-defined]
+    total = 0.0
+    for start in range(0, len(inputs), chunk):
+        batch = (inputs[start : start + chunk], targets[start : start + chunk])
+        total += float(lm_loss(model, batch)) * len(batch[0])
+    return total / len(inputs)
+
+
+def make_task() -> Task:
+    train, val = load()
+    return Task(
+        name="charlm",
+        make_model=CharGRU,
+        train_data=train,
+        val_data=val,
+        loss_fn=lm_loss,
+        make_optimizer=lambda params, lr: torch.optim.AdamW(params, lr=lr, weight_decay=0.01),
+        metric_fn=val_loss,
+        target=2.0,
+        higher_is_better=False,
+        base_batch_size=32,
+        base_lr=2e-3,
+        max_samples=600_000,
+        metric_name="val_loss",
+        eval_every_samples=4_096,
+        description="Python stdlib sources, char-level GRU (128 hidden), seq 64, AdamW",
+    )
