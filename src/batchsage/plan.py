@@ -1,0 +1,169 @@
+"""The planner: pure arithmetic on measurements, no torch.
+
+Formulas (DESIGN.md "The model", McCandlish et al. 2018):
+
+- steps to target        S(B) = S_min · (1 + B_noise / B)
+- samples to target      E(B) = E_min · (1 + B / B_noise),  E_min = S_min · B_noise
+- time to target         T(B) = S(B) · t(B)
+- SGD learning rate      ε(B) = ε_max / (1 + B_noise / B), anchored at (base_batch_size, base_lr)
+- Adam-like learning rate: the square root of the SGD ratio (Malladi et al. 2022)
+
+Every function here takes numbers and returns numbers, so it is tested without training anything.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+LrScaling = Literal["linear", "sqrt"]
+
+
+def steps_to_target(batch_size: float, s_min: float, b_noise: float) -> float:
+    """S(B) = S_min · (1 + B_noise / B)."""
+    return s_min * (1.0 + b_noise / batch_size)
+
+
+def samples_to_target(batch_size: float, s_min: float, b_noise: float) -> float:
+    """E(B) = B · S(B) = E_min · (1 + B / B_noise)."""
+    return batch_size * steps_to_target(batch_size, s_min, b_noise)
+
+
+def lr_ratio(batch_size: float, base_batch_size: float, b_noise: float | None) -> float:
+    """ε(B)/ε(B0) for SGD: (1 + B_noise/B0) / (1 + B_noise/B); plain B/B0 when B_noise is unknown.
+
+    Below B_noise this is close to linear scaling; above it the learning rate saturates at ε_max.
+    """
+    if b_noise is None or not math.isfinite(b_noise):
+        return batch_size / base_batch_size
+    b_noise = max(b_noise, 0.0)
+    return (1.0 + b_noise / base_batch_size) / (1.0 + b_noise / batch_size)
+
+
+def scaled_lr(
+    batch_size: float,
+    base_batch_size: float,
+    base_lr: float,
+    scaling: LrScaling,
+    b_noise: float | None = None,
+) -> float:
+    """The learning rate for ``batch_size``, anchored at the task's (base_batch_size, base_lr).
+
+    ``linear`` (SGD-like): base_lr · (1 + B_noise/B0)/(1 + B_noise/B).
+    ``sqrt`` (Adam-like): base_lr · sqrt of that ratio.
+    """
+    if scaling not in ("linear", "sqrt"):
+        raise ValueError(f"scaling must be 'linear' or 'sqrt', got {scaling!r}")
+    ratio = lr_ratio(batch_size, base_batch_size, b_noise)
+    return base_lr * (ratio if scaling == "linear" else math.sqrt(ratio))
+
+
+def warmup_steps_for(lr: float, base_lr: float, predicted_steps: float, fraction: float = 0.05) -> int:
+    """Linear warmup (Goyal et al. 2017) when the lr is scaled above the user's base lr.
+
+    The warmup covers ``fraction`` of the predicted steps, scaled by how far the lr grew
+    (log2 of the ratio, capped at 1), so a mild increase gets a short ramp and none gets none.
+    """
+    ratio = lr / base_lr
+    if ratio <= 1.0 + 1e-9 or not math.isfinite(predicted_steps):
+        return 0
+    strength = min(1.0, math.log2(ratio) / 4.0)
+    return max(1, math.ceil(fraction * strength * predicted_steps))
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One batch size's prediction."""
+
+    batch_size: int
+    micro_batch_size: int
+    accumulation_steps: int
+    lr: float
+    warmup_steps: int
+    predicted_steps: float
+    step_seconds: float
+    predicted_seconds: float
+    fits_memory: bool
+
+
+def split_for_memory(batch_size: int, max_batch_size: int) -> tuple[int, int]:
+    """(micro_batch_size, accumulation_steps) with micro ≤ ceiling and micro × accumulation = B."""
+    if max_batch_size <= 0:
+        raise ValueError("max_batch_size must be positive")
+    if batch_size <= max_batch_size:
+        return batch_size, 1
+    accumulation = math.ceil(batch_size / max_batch_size)
+    while batch_size % accumulation:
+        accumulation += 1
+    return batch_size // accumulation, accumulation
+
+
+def plan_candidates(
+    batch_sizes: Sequence[int],
+    *,
+    s_min: float,
+    b_noise: float,
+    step_seconds: Callable[[int], float],
+    max_batch_size: int,
+    base_batch_size: int,
+    base_lr: float,
+    scaling: LrScaling,
+    lr_b_noise: float | None = None,
+) -> list[Candidate]:
+    """Predict steps, lr, step time and time-to-target for each batch size.
+
+    ``step_seconds(micro_batch_size)`` is the measured time of one forward/backward/step at that
+    micro-batch; a batch beyond the memory ceiling is run as micro-batches, so its step costs
+    ``accumulation × t(micro)``. ``lr_b_noise`` is the noise scale the lr rule uses (default
+    ``b_noise``).
+    """
+    lr_noise = b_noise if lr_b_noise is None else lr_b_noise
+    candidates = []
+    for batch_size in sorted(set(batch_sizes)):
+        micro, accumulation = split_for_memory(batch_size, max_batch_size)
+        seconds_per_step = accumulation * step_seconds(micro)
+        steps = steps_to_target(batch_size, s_min, b_noise)
+        lr = scaled_lr(batch_size, base_batch_size, base_lr, scaling, lr_noise)
+        candidates.append(
+            Candidate(
+                batch_size=batch_size,
+                micro_batch_size=micro,
+                accumulation_steps=accumulation,
+                lr=lr,
+                warmup_steps=warmup_steps_for(lr, base_lr, steps),
+                predicted_steps=steps,
+                step_seconds=seconds_per_step,
+                predicted_seconds=steps * seconds_per_step,
+                fits_memory=accumulation == 1,
+            )
+        )
+    return candidates
+
+
+def choose(candidates: Sequence[Candidate], tolerance: float = 0.03) -> Candidate:
+    """The smallest batch whose predicted time is within ``tolerance`` of the minimum.
+
+    Smaller batches generalise at least as well and leave memory free, so among near-ties the
+    smallest wins (DESIGN.md: "prefer the smallest B within a few % of the minimum").
+    """
+    if not candidates:
+        raise ValueError("no candidates to choose from")
+    best = min(candidate.predicted_seconds for candidate in candidates)
+    eligible = [c for c in candidates if c.predicted_seconds <= best * (1.0 + tolerance)]
+    return min(eligible, key=lambda candidate: candidate.batch_size)
+
+
+def power_of_two_grid(low: int, high: int) -> list[int]:
+    """Powers of two from ``low`` up to ``high`` inclusive, plus ``high`` itself if it is not one."""
+    if low <= 0 or high < low:
+        raise ValueError(f"need 0 < low <= high, got {low}, {high}")
+    grid = []
+    value = 1 << max(0, math.ceil(math.log2(low)))
+    while value <= high:
+        grid.append(value)
+        value *= 2
+    if not grid or grid[-1] != high:
+        grid.append(high)
+    return grid
