@@ -149,6 +149,7 @@ def train(
     max_samples: int | None = None,
     max_seconds: float | None = None,
     stop_at_target: bool = True,
+    eval_every_samples: int | None = None,
     hooks: Sequence[TrainingHook] = (),
 ) -> TrainResult:
     """Train ``task`` from a fresh model until the target, the budget, or divergence.
@@ -162,6 +163,7 @@ def train(
         max_samples: sample budget (default: the task's ``max_samples``).
         max_seconds: training-time budget in seconds (validation excluded).
         stop_at_target: stop at the first validation that meets the target.
+        eval_every_samples: validation interval (default: the task's).
         hooks: observers/controllers, see :class:`TrainingHook`.
 
     The caller's global RNG state is restored afterwards.
@@ -183,6 +185,7 @@ def train(
             max_samples=max_samples or task.max_samples,
             max_seconds=max_seconds,
             stop_at_target=stop_at_target,
+            eval_every_samples=eval_every_samples or task.eval_interval_samples(),
         )
 
 
@@ -251,13 +254,14 @@ class _Loop:
             group["lr"] = lr * ratio
 
     def run(self, *, batch_size: int, lr: float, accumulation_steps: int, warmup_steps: int,
-            max_samples: int, max_seconds: float | None, stop_at_target: bool) -> TrainResult:
+            max_samples: int, max_seconds: float | None, stop_at_target: bool,
+            eval_every_samples: int) -> TrainResult:
         task, model = self.task, self.model
         state = TrainState(batch_size=batch_size, accumulation_steps=accumulation_steps, lr=lr)
         step_times: list[float] = []
         history: list[EvalPoint] = []
         peak_lr = lr
-        eval_every = task.eval_interval_samples()
+        eval_every = eval_every_samples
         samples_since_eval = 0
         reached_at: EvalPoint | None = None
         diverged = False
