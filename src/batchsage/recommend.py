@@ -1,0 +1,524 @@
+"""``batchsage.recommend(task)``: measure, fit, plan, and recommend a batch size.
+
+The flow is one-way (DESIGN.md): task → measurements (memory, t(B), noise) → plan → recommendation.
+
+1. Probe memory (ceiling) and throughput (step time t(B) on a log grid up to the ceiling).
+2. Pilot A: train at the task's base batch size and lr with the noise-scale monitor attached. It
+   gives the validation curve (steps to target, measured or extrapolated) and the simple noise
+   scale B_simple with its growth along the run.
+3. Pilot B: train at a batch several times larger (lr by the same rule) until it reaches the level
+   pilot A reached. The steps both needed for that level give the critical batch B_crit at that
+   point of training, which calibrates B_simple (it over-estimates B_crit 2–8×; DESIGN.md pitfalls).
+4. The effective noise scale of the whole run is the calibrated B_simple averaged over the steps
+   to target (it grows as the loss falls). With it: S_min, S(B), lr(B), T(B) = S(B)·t(B) for every
+   candidate B (beyond the memory ceiling via accumulation), and the smallest B within a few % of
+   the fastest is recommended.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from rich.console import Console
+
+from batchsage import fit, plan
+from batchsage.device import resolve_device
+from batchsage.errors import ConfigError
+from batchsage.task import Task, load_task
+from batchsage.training import StepUpdate, TrainingHook, TrainResult, TrainState, train
+
+#: Pilot B's batch is this many times pilot A's (when memory and data allow): far enough apart
+#: that the step counts differ measurably, close enough that B_crit is measured where it matters.
+PILOT_BATCH_FACTOR = 8
+#: Validations per pilot: enough points to interpolate the step at which a level was crossed.
+PILOT_VALIDATIONS = 24
+
+
+@dataclass
+class PilotRun:
+    """A short training run used to measure steps-to-level and the noise scale."""
+
+    batch_size: int
+    lr: float
+    steps: int
+    train_seconds: float
+    wall_seconds: float
+    reached_target: bool
+    history: list[dict[str, float]]
+
+    @classmethod
+    def from_result(cls, result: TrainResult, wall_seconds: float) -> PilotRun:
+        return cls(
+            batch_size=result.batch_size,
+            lr=result.lr,
+            steps=result.steps,
+            train_seconds=result.train_seconds,
+            wall_seconds=wall_seconds,
+            reached_target=result.reached_target,
+            history=[
+                {"step": p.step, "samples": p.samples, "train_seconds": p.train_seconds,
+                 "metric": p.metric, "train_loss": p.train_loss}
+                for p in result.history
+            ],
+        )
+
+    def steps_and_metrics(self) -> tuple[list[float], list[float]]:
+        return [p["step"] for p in self.history], [p["metric"] for p in self.history]
+
+
+@dataclass
+class NoiseSummary:
+    """What the pilots measured about gradient noise, and what the plan used."""
+
+    b_simple: float | None
+    b_simple_ci95: tuple[float, float] | None
+    growth_scale: float | None
+    growth_exponent: float | None
+    b_crit_pilot: float | None
+    calibration: float | None
+    b_noise: float
+    method: str
+    trajectory: list[dict[str, float]] = field(default_factory=list)
+
+
+@dataclass
+class Recommendation:
+    """The answer first (``recommended``), the evidence after."""
+
+    task: str
+    device: str
+    recommended: dict[str, Any]
+    candidates: list[plan.Candidate]
+    s_min: float
+    b_noise: float
+    steps_at_pilot: float
+    extrapolated: bool
+    noise_scale: NoiseSummary
+    memory: dict[str, Any]
+    throughput: list[dict[str, Any]]
+    pilots: list[PilotRun]
+    explanation: str
+    decision_seconds: float
+    phase_seconds: dict[str, float]
+    metric_name: str
+    target: float
+    higher_is_better: bool
+
+    @property
+    def batch_size(self) -> int:
+        return int(self.recommended["batch_size"])
+
+    @property
+    def lr(self) -> float:
+        return float(self.recommended["lr"])
+
+    def candidate(self, batch_size: int) -> plan.Candidate | None:
+        return next((c for c in self.candidates if c.batch_size == batch_size), None)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "task": self.task,
+            "device": self.device,
+            "recommended": self.recommended,
+            "candidates": [
+                {
+                    "batch_size": c.batch_size,
+                    "micro_batch_size": c.micro_batch_size,
+                    "accumulation_steps": c.accumulation_steps,
+                    "lr": c.lr,
+                    "warmup_steps": c.warmup_steps,
+                    "predicted_steps": c.predicted_steps,
+                    "step_seconds": c.step_seconds,
+                    "predicted_seconds": c.predicted_seconds,
+                    "fits_memory": c.fits_memory,
+                }
+                for c in self.candidates
+            ],
+            "s_min": self.s_min,
+            "b_noise": self.b_noise,
+            "extrapolated": self.extrapolated,
+            "noise_scale": asdict(self.noise_scale),
+            "memory": self.memory,
+            "throughput": self.throughput,
+            "pilots": [asdict(p) for p in self.pilots],
+            "explanation": self.explanation,
+            "decision_seconds": self.decision_seconds,
+            "phase_seconds": self.phase_seconds,
+            "metric": {"name": self.metric_name, "target": self.target,
+                       "higher_is_better": self.higher_is_better},
+        }
+
+    def __repr__(self) -> str:  # what a notebook prints: the answer first
+        r = self.recommended
+        accumulation = (
+            f" ({r['micro_batch_size']} × {r['accumulation_steps']} accumulation)"
+            if r["accumulation_steps"] > 1 else ""
+        )
+        return (
+            f"Recommendation(task={self.task!r}, batch_size={r['batch_size']}{accumulation}, "
+            f"lr={r['lr']:.4g}, warmup_steps={r['warmup_steps']}, "
+            f"predicted_seconds={r['predicted_seconds']:.1f}, decision_seconds={self.decision_seconds:.1f})"
+        )
+
+
+class _StopAtLevel(TrainingHook):
+    """Stops training at the first validation that reaches ``level`` (or the target)."""
+
+    def __init__(self, task: Task, level: float) -> None:
+        self.task = task
+        self.level = level
+        self.reached = False
+
+    def on_eval(self, state: TrainState, metric: float) -> None:
+        better = metric >= self.level if self.task.higher_is_better else metric <= self.level
+        self.reached = self.reached or (math.isfinite(metric) and better)
+
+    def on_step_end(self, state: TrainState) -> StepUpdate | None:
+        return StepUpdate(stop=True, reason="pilot level") if self.reached else None
+
+
+class _Phases:
+    """Rich status line per phase, and the seconds each phase took."""
+
+    def __init__(self, console: Console | None) -> None:
+        self.console = console
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def phase(self, name: str, description: str) -> Iterator[None]:
+        start = time.perf_counter()
+        if self.console is None:
+            yield
+        else:
+            with self.console.status(description):
+                yield
+        self.seconds[name] = time.perf_counter() - start
+        if self.console is not None:
+            self.console.print(f"[green]✓[/] {description} ({self.seconds[name]:.1f} s)")
+
+
+def recommend(
+    task: Task | str,
+    *,
+    device: str | None = "cpu",
+    memory_budget_bytes: int | None = None,
+    budget_seconds: float = 20.0,
+    tolerance: float = 0.03,
+    min_batch_size: int = 8,
+    progress: bool = True,
+    console: Console | None = None,
+) -> Recommendation:
+    """Recommend batch size, lr, accumulation and warmup for ``task``.
+
+    Args:
+        task: a Task, a built-in name, or ``path/to/file.py:ATTR``.
+        device: "cpu", "cuda" or "mps".
+        memory_budget_bytes: memory a training step may use (default: free memory minus a margin).
+        budget_seconds: rough wall-clock budget for the whole decision (probes and pilots).
+        tolerance: recommend the smallest B whose predicted time is within this fraction of the best.
+        min_batch_size: smallest candidate batch size.
+        progress: show Rich progress on ``console`` (default: stderr-free stdout console).
+    """
+    loaded = load_task(task) if not isinstance(task, Task) else task.validate()
+    if budget_seconds <= 0:
+        raise ConfigError(f"budget_seconds must be positive, got {budget_seconds}")
+    if min_batch_size <= 0:
+        raise ConfigError(f"min_batch_size must be positive, got {min_batch_size}")
+    dev = resolve_device(device)
+    phases = _Phases((console or Console()) if progress else None)
+    started = time.perf_counter()
+
+    from batchsage.probe.memory import probe_memory
+    from batchsage.probe.throughput import probe_throughput
+
+    with phases.phase("memory", "probing memory"):
+        memory = probe_memory(loaded, device=dev, budget_bytes=memory_budget_bytes)
+    ceiling = memory.max_batch_size
+    grid = candidate_grid(loaded, ceiling, min_batch_size)
+    measured_sizes = [b for b in grid if b <= ceiling]
+    with phases.phase("throughput", f"timing steps at {len(measured_sizes)} batch sizes"):
+        throughput = probe_throughput(
+            loaded, device=dev, max_batch_size=ceiling, time_budget_seconds=0.25 * budget_seconds,
+            batch_sizes=measured_sizes,
+        )
+    pilot_seconds = 0.35 * budget_seconds
+    with phases.phase("pilot_a", "pilot run at the base batch size, measuring gradient noise"):
+        pilot_a, monitor = _pilot_a(loaded, dev, ceiling, pilot_seconds, throughput.step_seconds)
+    noise = _noise_from_monitor(monitor)
+    with phases.phase("pilot_b", "pilot run at a larger batch, calibrating the critical batch"):
+        pilot_b = _pilot_b(loaded, dev, ceiling, pilot_a, noise, pilot_seconds, throughput.step_seconds)
+    fitted = fit_plan_parameters(loaded, pilot_a, pilot_b, noise)
+    candidates = plan.plan_candidates(
+        grid,
+        s_min=fitted.s_min,
+        b_noise=fitted.b_noise,
+        step_seconds=throughput.step_seconds,
+        max_batch_size=ceiling,
+        base_batch_size=loaded.base_batch_size,
+        base_lr=loaded.base_lr,
+        scaling=loaded.resolved_lr_scaling(),
+    )
+    chosen = plan.choose(candidates, tolerance)
+    decision_seconds = time.perf_counter() - started
+    recommendation = Recommendation(
+        task=loaded.name,
+        device=str(dev),
+        recommended={
+            "batch_size": chosen.batch_size,
+            "micro_batch_size": chosen.micro_batch_size,
+            "accumulation_steps": chosen.accumulation_steps,
+            "lr": chosen.lr,
+            "warmup_steps": chosen.warmup_steps,
+            "predicted_steps": chosen.predicted_steps,
+            "predicted_seconds": chosen.predicted_seconds,
+        },
+        candidates=candidates,
+        s_min=fitted.s_min,
+        b_noise=fitted.b_noise,
+        steps_at_pilot=fitted.steps_at_pilot,
+        extrapolated=fitted.extrapolated,
+        noise_scale=fitted.noise,
+        memory=memory.to_dict(),
+        throughput=[
+            {"batch_size": p.batch_size, "step_seconds_median": p.step_seconds_median,
+             "samples_per_second": p.samples_per_second}
+            for p in throughput.points
+        ],
+        pilots=[p for p in (pilot_a, pilot_b) if p is not None],
+        explanation="",
+        decision_seconds=decision_seconds,
+        phase_seconds=phases.seconds,
+        metric_name=loaded.metric_name,
+        target=loaded.target,
+        higher_is_better=loaded.higher_is_better,
+    )
+    recommendation.explanation = explain(recommendation, ceiling, loaded.base_batch_size)
+    return recommendation
+
+
+def candidate_grid(task: Task, ceiling: int, min_batch_size: int) -> list[int]:
+    """Powers of two from ``min_batch_size`` to the data-set size, plus the memory ceiling.
+
+    Batches beyond the memory ceiling stay candidates (run with accumulation); batches beyond the
+    training set do not (a step would see a sample twice).
+    """
+    largest = task.num_train_samples
+    low = min(min_batch_size, largest)
+    grid = set(plan.power_of_two_grid(low, largest))
+    grid.discard(largest)  # a whole-data-set "batch" only if it is a power of two
+    if largest & (largest - 1) == 0:
+        grid.add(largest)
+    if ceiling <= largest:
+        grid.add(ceiling)
+    return sorted(grid)
+
+
+def _pilot_a(task: Task, device: Any, ceiling: int, seconds: float,
+             step_seconds: Callable[[int], float]) -> tuple[PilotRun, Any]:
+    from batchsage.noise import NoiseScaleMonitor
+
+    batch_size = min(task.base_batch_size, ceiling)
+    lr = plan.scaled_lr(batch_size, task.base_batch_size, task.base_lr, task.resolved_lr_scaling())
+    monitor = NoiseScaleMonitor(overhead_budget=0.3)
+    start = time.perf_counter()
+    result = train(
+        task, batch_size, lr, device=device, max_seconds=seconds,
+        eval_every_samples=_pilot_eval_interval(task, batch_size, seconds, step_seconds),
+        hooks=[monitor],
+    )
+    return PilotRun.from_result(result, time.perf_counter() - start), monitor
+
+
+def _pilot_eval_interval(task: Task, batch_size: int, seconds: float,
+                         step_seconds: Callable[[int], float]) -> int:
+    """Validate about PILOT_VALIDATIONS times within the pilot's expected samples.
+
+    The expected samples come from the measured step time; never more often than every step.
+    """
+    expected_samples = seconds / max(step_seconds(batch_size), 1e-9) * batch_size
+    return max(batch_size, int(expected_samples / PILOT_VALIDATIONS))
+
+
+def _noise_from_monitor(monitor: Any) -> NoiseSummary:
+    estimate = monitor.estimate()
+    trajectory = [
+        {"step": p.step, "train_loss": p.train_loss, "b_simple": p.b_simple}
+        for p in getattr(monitor, "trajectory", [])
+    ]
+    growth = fit.power_law_growth([p["step"] for p in trajectory], [p["b_simple"] for p in trajectory])
+    b_simple = estimate.b_simple if estimate is not None else None
+    return NoiseSummary(
+        b_simple=b_simple,
+        b_simple_ci95=tuple(estimate.ci95) if estimate is not None else None,
+        growth_scale=growth.scale if growth else None,
+        growth_exponent=growth.exponent if growth else None,
+        b_crit_pilot=None,
+        calibration=None,
+        b_noise=math.nan,
+        method="",
+        trajectory=trajectory,
+    )
+
+
+def _pilot_b(task: Task, device: Any, ceiling: int, pilot_a: PilotRun, noise: NoiseSummary,
+             seconds: float, step_seconds: Callable[[int], float]) -> PilotRun | None:
+    large = min(ceiling, pilot_a.batch_size * PILOT_BATCH_FACTOR, task.num_train_samples // 2)
+    if large <= pilot_a.batch_size or not pilot_a.history:
+        return None
+    _, metrics = pilot_a.steps_and_metrics()
+    level = _best(metrics, task.higher_is_better)
+    lr = plan.scaled_lr(large, task.base_batch_size, task.base_lr, task.resolved_lr_scaling(), noise.b_simple)
+    start = time.perf_counter()
+    result = train(
+        task, large, lr, device=device, max_seconds=seconds,
+        eval_every_samples=_pilot_eval_interval(task, large, seconds, step_seconds),
+        hooks=[_StopAtLevel(task, level)],
+    )
+    return PilotRun.from_result(result, time.perf_counter() - start)
+
+
+def _best(metrics: list[float], higher_is_better: bool) -> float:
+    finite = [m for m in metrics if math.isfinite(m)]
+    if not finite:
+        return math.nan
+    return max(finite) if higher_is_better else min(finite)
+
+
+@dataclass
+class FittedPlan:
+    s_min: float
+    b_noise: float
+    steps_at_pilot: float
+    extrapolated: bool
+    noise: NoiseSummary
+
+
+def fit_plan_parameters(task: Task, pilot_a: PilotRun, pilot_b: PilotRun | None,
+                        noise: NoiseSummary) -> FittedPlan:
+    """S_min and the effective B_noise from the two pilots and the noise trajectory."""
+    steps_a, metrics_a = pilot_a.steps_and_metrics()
+    to_target = fit.extrapolate_steps_to_target(steps_a, metrics_a, task.target, task.higher_is_better)
+    total_steps = to_target.steps if to_target.reachable else task.max_samples / pilot_a.batch_size
+    b_crit, level_step = _critical_batch(task, pilot_a, pilot_b)
+    growth = (
+        fit.PowerLaw(noise.growth_scale, noise.growth_exponent)
+        if noise.growth_scale is not None and noise.growth_exponent is not None
+        else None
+    )
+    b_noise, calibration, method = _effective_noise(b_crit, level_step, growth, noise.b_simple,
+                                                    total_steps, pilot_a, pilot_b)
+    noise.b_crit_pilot = b_crit
+    noise.calibration = calibration
+    noise.b_noise = b_noise
+    noise.method = method
+    s_min = total_steps / (1.0 + b_noise / pilot_a.batch_size)
+    return FittedPlan(s_min, b_noise, total_steps, to_target.extrapolated, noise)
+
+
+def _critical_batch(task: Task, pilot_a: PilotRun,
+                    pilot_b: PilotRun | None) -> tuple[float | None, float | None]:
+    """B_crit from the steps both pilots needed for the best level both reached."""
+    if pilot_b is None or not pilot_b.history:
+        return None, None
+    steps_a, metrics_a = pilot_a.steps_and_metrics()
+    steps_b, metrics_b = pilot_b.steps_and_metrics()
+    best_a, best_b = _best(metrics_a, task.higher_is_better), _best(metrics_b, task.higher_is_better)
+    if not (math.isfinite(best_a) and math.isfinite(best_b)):
+        return None, None
+    level = min(best_a, best_b) if task.higher_is_better else max(best_a, best_b)
+    at_a = fit.steps_to_level(steps_a, metrics_a, level, task.higher_is_better)
+    at_b = fit.steps_to_level(steps_b, metrics_b, level, task.higher_is_better)
+    if at_a is None or at_b is None or at_a <= 0 or at_b <= 0:
+        return None, None
+    b_crit = fit.critical_batch_from_two_runs(pilot_a.batch_size, at_a, pilot_b.batch_size, at_b)
+    return b_crit, at_a
+
+
+def _effective_noise(
+    b_crit: float | None,
+    level_step: float | None,
+    growth: fit.PowerLaw | None,
+    b_simple: float | None,
+    total_steps: float,
+    pilot_a: PilotRun,
+    pilot_b: PilotRun | None,
+) -> tuple[float, float | None, str]:
+    """The noise scale the plan uses, with how it was obtained.
+
+    Preferred: B_crit measured by the two pilots calibrates B_simple's level, and B_simple's growth
+    carries it over the whole run. Fallbacks, each named in ``method``: calibration without growth;
+    B_crit alone; raw B_simple (uncalibrated, known to over-estimate).
+    """
+    if b_crit is not None and math.isinf(b_crit) and pilot_b is not None:
+        # Perfect scaling up to pilot B's batch: B_crit is at least several times that batch.
+        b_crit = float(pilot_b.batch_size) * PILOT_BATCH_FACTOR
+    if b_crit is not None and growth is not None and level_step is not None:
+        b_simple_at_level = growth(level_step)
+        calibration = b_crit / b_simple_at_level if b_simple_at_level > 0 else None
+        if calibration is not None:
+            return (calibration * fit.effective_noise_scale(growth, total_steps), calibration,
+                    "pilot-calibrated B_simple, averaged over the run")
+    if b_crit is not None:
+        return b_crit, None, "critical batch from two pilots (no noise-scale growth measured)"
+    if b_simple is not None and math.isfinite(b_simple) and b_simple > 0:
+        return b_simple, None, "uncalibrated B_simple (no second pilot fitted in memory)"
+    return float(pilot_a.batch_size), None, "no usable noise measurement: assumed B_noise = base batch"
+
+
+def explain(rec: Recommendation, ceiling: int, base_batch_size: int) -> str:
+    """One paragraph in plain words, every number taken from the measurements."""
+    r = rec.recommended
+    parts = [
+        f"Recommended batch size {r['batch_size']} at lr {r['lr']:.3g}"
+        + (f" with {r['warmup_steps']} warmup steps" if r["warmup_steps"] else "")
+        + f": predicted {r['predicted_seconds']:.1f} s of training to reach "
+        f"{rec.metric_name} {'≥' if rec.higher_is_better else '≤'} {rec.target:g}."
+    ]
+    parts.append(
+        f"The gradient noise scale of this run is about {rec.b_noise:.0f} samples "
+        f"({rec.noise_scale.method}); below it, each step is limited by gradient noise and "
+        "halving the batch almost doubles the steps needed, above it extra samples per step are "
+        "mostly wasted."
+    )
+    saturating = _throughput_saturation(rec.throughput)
+    if saturating is not None:
+        parts.append(
+            f"The hardware's throughput stops growing much beyond B≈{saturating} "
+            "(samples per second flatten), so larger batches buy little speed per sample."
+        )
+    if r["accumulation_steps"] > 1:
+        parts.append(
+            f"The memory ceiling is B={ceiling}, so run it as {r['accumulation_steps']} "
+            f"accumulated micro-batches of {r['micro_batch_size']} (mixed precision or activation "
+            "checkpointing would raise the ceiling)."
+        )
+    else:
+        parts.append(f"It fits in memory (ceiling B={ceiling}).")
+    baseline = rec.candidate(32) or rec.candidate(base_batch_size)
+    if baseline is not None and baseline.batch_size != r["batch_size"] and r["predicted_seconds"] > 0:
+        parts.append(
+            f"That is {baseline.predicted_seconds / r['predicted_seconds']:.1f}× faster than "
+            f"B={baseline.batch_size} ({baseline.predicted_seconds:.1f} s predicted)."
+        )
+    if rec.extrapolated:
+        parts.append(
+            "The pilot did not reach the target, so steps to target were extrapolated from the "
+            "validation trend; treat the predicted times as estimates."
+        )
+    parts.append(f"Deciding took {rec.decision_seconds:.1f} s.")
+    return " ".join(parts)
+
+
+def _throughput_saturation(points: list[dict[str, Any]], gain: float = 1.25) -> int | None:
+    """Smallest measured B after which doubling-ish the batch adds < (gain−1) samples/s."""
+    for current, following in itertools.pairwise(points):
+        if following["samples_per_second"] < gain * current["samples_per_second"]:
+            return int(current["batch_size"])
+    return None
+
