@@ -1,0 +1,680 @@
+"""Ground truth: is batchsage's recommendation right, and does it beat every peer strategy?
+
+    python benchmarks/groundtruth.py --task digits-mlp [--seeds 2] [--memory-budget 4GiB] \
+        --out benchmarks/results/digits-mlp.json
+
+Protocol (DESIGN.md "Measuring whether a recommendation is right"; docs/groundtruth.md):
+
+1. Decisions, each timed: batchsage's ``recommend``, Lightning's ceiling search (``memory_ceiling``),
+   Ludwig's throughput search (``max_throughput``), the seed articles' doubling sweep (``doubling``),
+   and the constant ``default32``.
+2. The grid, through the sweep engine: every power-of-two B from ``--min-batch-size`` up to the
+   memory ceiling (and the training-set size) × the task's scaled lr × {¼, ½, 1, 2}, plus every
+   strategy's own plain (B, lr), for each seed, each to the target or the budget, in a shuffled order
+   so that machine-load drift does not favour one B. Nothing that could be the best is pruned; a
+   trial past ``--censor-factor`` × the best time so far is cut and recorded as censored.
+3. Strategy choices that are not plain grid points (batchsage's warmup or accumulation) are trained
+   for every seed with the same loop.
+4. Time to target = steps × the median step time at that B pooled over the whole grid; best = the
+   configuration with the smallest median over seeds; regret and decision cost per strategy.
+
+Resumable: the grid lives in an Optuna SQLite storage next to the output (``<out>.db``, not
+committed) and every decision and strategy run is saved in the output JSON as soon as it is made,
+so stopping and re-running the same command continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+
+import gt_regret as regret_lib
+import gt_strategies as strategies
+from batchsage.cli._app import write_json
+from batchsage.errors import BatchsageError, ConfigError
+from batchsage.plan import scaled_lr
+from batchsage.task import Task, load_task
+from batchsage.training import train
+from gt_regret import Trial
+from gt_strategies import Choice
+
+LR_MULTIPLIERS = (0.25, 0.5, 1.0, 2.0)
+#: The goal the issue sets for batchsage.
+GOAL_MAX_REGRET = 1.10
+GOAL_MEDIAN_REGRET = 1.05
+GOAL_MAX_DECISION_COST = 0.10
+
+
+@dataclass
+class Settings:
+    """Everything that defines one ground-truth run (saved in the JSON under ``protocol``)."""
+
+    seeds: int = 2
+    memory_budget_bytes: int | None = None
+    device: str = "cpu"
+    min_batch_size: int = 16
+    max_batch_size: int | None = None
+    lr_multipliers: tuple[float, ...] = LR_MULTIPLIERS
+    censor_factor: float = 3.0
+    recommend_budget_seconds: float | None = None
+    strategies: tuple[str, ...] = strategies.STRATEGIES
+    shuffle_seed: int = 0
+    progress: bool = True
+
+    def seed_list(self, task: Task) -> list[int]:
+        return [task.seed + index for index in range(self.seeds)]
+
+
+# --------------------------------------------------------------------------------------------------
+# The state saved in the output JSON (so a stopped run resumes)
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class State:
+    path: Path
+    document: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, path: Path) -> State:
+        import json
+
+        if path.is_file():
+            document = json.loads(path.read_text())
+            if document.get("status") == "partial":
+                return cls(path, document)
+        return cls(path, {"status": "partial", "decisions": {}, "strategy_runs": []})
+
+    def save(self) -> None:
+        write_json(self.path, self.document)
+
+    @property
+    def decisions(self) -> dict[str, Any]:
+        return self.document.setdefault("decisions", {})
+
+    def strategy_runs(self) -> list[Trial]:
+        return [Trial.from_dict(run) for run in self.document.setdefault("strategy_runs", [])]
+
+    def add_strategy_run(self, trial: Trial) -> None:
+        self.document.setdefault("strategy_runs", []).append(trial.to_dict())
+        self.save()
+
+
+def machine_info(device: str) -> dict[str, Any]:
+    """Where the numbers were measured."""
+    info: dict[str, Any] = {
+        "platform": platform.platform(),
+        "processor": _cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "device": device,
+    }
+    if device.startswith("cuda") and torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def load_average() -> list[float] | None:
+    try:
+        return [round(value, 2) for value in os.getloadavg()]
+    except OSError:
+        return None
+
+
+# --------------------------------------------------------------------------------------------------
+# Phase 1: decisions
+# --------------------------------------------------------------------------------------------------
+
+
+def memory_ceiling(task: Task, settings: Settings) -> tuple[int, dict[str, Any]]:
+    """Largest B whose step fits the budget (the probe's verified prediction), ≤ training-set size."""
+    from batchsage.probe.memory import probe_memory
+
+    probe = probe_memory(task, device=settings.device, budget_bytes=settings.memory_budget_bytes)
+    ceiling = min(int(probe.max_batch_size), task.num_train_samples)
+    if settings.max_batch_size is not None:
+        ceiling = min(ceiling, settings.max_batch_size)
+    return ceiling, probe.to_dict() if hasattr(probe, "to_dict") else {"max_batch_size": ceiling}
+
+
+def make_decisions(task: Task, settings: Settings, state: State, console: Console) -> dict[str, Choice]:
+    """Every strategy's timed choice; each is saved as soon as it is made and never re-made."""
+    decisions = state.decisions
+    if "ceiling" not in decisions:
+        with console.status("probing the memory ceiling"):
+            ceiling, memory = memory_ceiling(task, settings)
+        decisions["ceiling"] = {"max_batch_size": ceiling, "memory": memory}
+        state.save()
+    ceiling = int(decisions["ceiling"]["max_batch_size"])
+
+    def fits(batch_size: int) -> bool:
+        return batch_size <= ceiling
+
+    makers: dict[str, Callable[[], Choice]] = {
+        "batchsage": lambda: _decide_batchsage(task, settings, state),
+        "default32": lambda: strategies.choose_default32(task),
+        "memory_ceiling": lambda: strategies.choose_memory_ceiling(task, fits, settings.device),
+        "max_throughput": lambda: strategies.choose_max_throughput(task, fits, settings.device),
+        "doubling": lambda: choose_doubling(task, settings, state, ceiling),
+    }
+    choices: dict[str, Choice] = {}
+    for name in settings.strategies:
+        saved = decisions.setdefault("choices", {}).get(name)
+        if saved is None:
+            console.print(f"[bold]deciding[/] {name}")
+            choice = makers[name]()
+            decisions["choices"][name] = choice.to_dict()
+            state.save()
+            console.print(f"  {name}: B={choice.batch_size}, lr={choice.lr:.4g}, "
+                          f"decision {choice.decision_seconds:.1f} s")
+        choices[name] = Choice.from_dict(name, decisions["choices"][name])
+    return choices
+
+
+def _decide_batchsage(task: Task, settings: Settings, state: State) -> Choice:
+    choice, rec = strategies.choose_batchsage(
+        task, device=settings.device, memory_budget_bytes=settings.memory_budget_bytes,
+        budget_seconds=settings.recommend_budget_seconds, progress=settings.progress,
+    )
+    state.decisions["recommendation"] = rec.to_dict()
+    return choice
+
+
+def choose_doubling(task: Task, settings: Settings, state: State, ceiling: int) -> Choice:
+    """The seeds' procedure (start at 32, double while validation improves), by the sweep engine."""
+    from batchsage.sweep import run_sweep
+
+    storage = _storage_url(state.path)
+    start = time.perf_counter()
+    result = run_sweep(
+        task, procedure="doubling", seeds=[task.seed], storage=storage,
+        study_name=f"{task.name}-doubling", device=settings.device, max_batch_size=ceiling,
+        progress=settings.progress,
+    )
+    wall = time.perf_counter() - start
+    best = result.best
+    if best is None:
+        raise ConfigError(f"the doubling procedure found no batch size that trains {task.name!r}")
+    decision_seconds = float(getattr(result, "wall_seconds", None) or wall)
+    return Choice("doubling", int(best.batch_size), float(best.lr), decision_seconds,
+                  details={"procedure": "doubling from 32 while validation improves",
+                           "tried": [_trial_brief(t) for t in result.trials]})
+
+
+def _trial_brief(trial: Any) -> dict[str, Any]:
+    return {key: getattr(trial, key, None)
+            for key in ("batch_size", "lr", "reached_target", "steps_to_target", "seconds_to_target",
+                        "final_metric")}
+
+
+# --------------------------------------------------------------------------------------------------
+# Phase 2: the grid
+# --------------------------------------------------------------------------------------------------
+
+
+def grid_batch_sizes(task: Task, ceiling: int, min_batch_size: int) -> list[int]:
+    """Powers of two from ``min_batch_size`` up to the ceiling and the training-set size."""
+    top = min(ceiling, task.num_train_samples)
+    if min_batch_size > top:
+        raise ConfigError(f"--min-batch-size {min_batch_size} exceeds the largest usable batch {top}")
+    sizes, batch = [], 1 << max(0, math.ceil(math.log2(min_batch_size)))
+    while batch <= top:
+        sizes.append(batch)
+        batch *= 2
+    return sizes
+
+
+def grid_configs(task: Task, batch_sizes: Sequence[int], multipliers: Sequence[float],
+                 extra: Sequence[tuple[int, float]]) -> list[tuple[int, float, float | None]]:
+    """(B, lr, multiplier) for the B × multiplier grid, then the extra points not already in it."""
+    rule = task.resolved_lr_scaling()
+    configs: list[tuple[int, float, float | None]] = []
+    for batch in batch_sizes:
+        anchor = scaled_lr(batch, task.base_batch_size, task.base_lr, rule)
+        configs.extend((batch, anchor * m, m) for m in multipliers)
+    for batch, lr in extra:
+        if not any(b == batch and regret_lib.same_lr(other, lr) for b, other, _ in configs):
+            configs.append((batch, lr, None))
+    return configs
+
+
+def run_grid(task: Task, configs: list[tuple[int, float, float | None]], seeds: list[int],
+             first: list[tuple[int, float]], settings: Settings, state: State) -> list[Trial]:
+    """Train every configuration for every seed through the sweep engine (resumable storage)."""
+    from batchsage.sweep import run_sweep
+
+    result = run_sweep(
+        task,
+        configs=[(batch, lr) for batch, lr, _ in configs],
+        seeds=seeds,
+        storage=_storage_url(state.path),
+        study_name=f"{task.name}-grid",
+        procedure="grid",
+        prune=False,
+        censor_factor=settings.censor_factor,
+        first=first,
+        device=settings.device,
+        shuffle_seed=settings.shuffle_seed,
+        progress=settings.progress,
+    )
+    multiplier = {regret_lib.config_key(b, lr): m for b, lr, m in configs}
+    trials = [_from_sweep(t, "grid") for t in result.trials]
+    for trial in trials:
+        trial.extras["lr_multiplier"] = multiplier.get(trial.key)
+    return trials
+
+
+def _from_sweep(record: Any, source: str) -> Trial:
+    state = str(getattr(record, "state", "") or "")
+    stop = str(getattr(record, "stop_reason", "") or "")
+    return Trial(
+        batch_size=int(record.batch_size),
+        lr=float(record.lr),
+        seed=int(record.seed),
+        reached_target=bool(record.reached_target),
+        steps_to_target=record.steps_to_target,
+        measured_seconds_to_target=record.seconds_to_target,
+        trial_step_seconds=_float(getattr(record, "step_seconds_median", None)),
+        censored=state.lower() == "censored" or "censor" in stop.lower(),
+        diverged=bool(getattr(record, "diverged", False)),
+        stop_reason=stop or state,
+        train_seconds=_float(getattr(record, "train_seconds", None)),
+        final_metric=_float(getattr(record, "final_metric", None)),
+        source=source,
+    )
+
+
+def _float(value: Any) -> float:
+    return float(value) if value is not None else math.nan
+
+
+def _storage_url(out: Path) -> str:
+    return f"sqlite:///{out.with_suffix('.db').resolve()}"
+
+
+# --------------------------------------------------------------------------------------------------
+# Phase 3: strategy choices that are not plain grid points
+# --------------------------------------------------------------------------------------------------
+
+
+def strategy_trials(choice: Choice, grid: list[Trial], state: State, seeds: list[int], task: Task,
+                    settings: Settings, best_seconds: float, console: Console) -> tuple[list[Trial], bool]:
+    """The strategy's runs, one per seed: grid trials when identical, else trained here (saved)."""
+    key = regret_lib.config_key(choice.batch_size, choice.lr, choice.accumulation_steps,
+                                choice.warmup_steps)
+    from_grid = [t for t in grid if t.key == key]
+    if {t.seed for t in from_grid} >= set(seeds):
+        return [t for t in from_grid if t.seed in seeds], True
+    runs = [t for t in state.strategy_runs() if t.key == key]
+    for seed in seeds:
+        if any(run.seed == seed for run in runs):
+            continue
+        console.print(f"  training {choice.name}: B={choice.batch_size}, lr={choice.lr:.4g}, "
+                      f"accumulation {choice.accumulation_steps}, warmup {choice.warmup_steps}, "
+                      f"seed {seed}")
+        run = train_strategy_run(task, choice, seed, settings, settings.censor_factor * best_seconds)
+        state.add_strategy_run(run)
+        runs.append(run)
+    return [run for run in runs if run.seed in seeds], False
+
+
+def train_strategy_run(task: Task, choice: Choice, seed: int, settings: Settings,
+                       max_seconds: float | None) -> Trial:
+    micro = choice.batch_size // choice.accumulation_steps
+    batch_size = min(choice.batch_size, task.num_train_samples)
+    if micro * choice.accumulation_steps != batch_size:
+        raise ConfigError(f"{choice.name}: batch {batch_size} is not micro × accumulation")
+    result = train(task, batch_size, choice.lr, accumulation_steps=choice.accumulation_steps,
+                   warmup_steps=choice.warmup_steps, seed=seed, device=settings.device,
+                   max_seconds=max_seconds if max_seconds and math.isfinite(max_seconds) else None)
+    return Trial(
+        batch_size=batch_size, lr=choice.lr, seed=seed, reached_target=result.reached_target,
+        steps_to_target=result.steps_to_target, measured_seconds_to_target=result.seconds_to_target,
+        trial_step_seconds=result.step_seconds_median, censored=result.stop_reason == "time budget",
+        diverged=result.diverged, stop_reason=result.stop_reason,
+        accumulation_steps=choice.accumulation_steps, warmup_steps=choice.warmup_steps,
+        train_seconds=result.train_seconds, final_metric=result.final_metric, source=choice.name,
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# Phase 4: results
+# --------------------------------------------------------------------------------------------------
+
+
+def grid_rows(trials: list[Trial], step_seconds: dict[int, float]) -> list[dict[str, Any]]:
+    rows = []
+    for trial in sorted(trials, key=lambda t: (t.batch_size, t.lr, t.seed)):
+        seconds = regret_lib.time_to_target(trial, step_seconds)
+        rows.append({
+            "batch_size": trial.batch_size,
+            "lr": trial.lr,
+            "seed": trial.seed,
+            "reached_target": trial.reached_target,
+            "seconds_to_target": seconds if math.isfinite(seconds) else None,
+            "steps_to_target": trial.steps_to_target,
+            "step_seconds": step_seconds.get(trial.batch_size, trial.trial_step_seconds),
+            "lr_multiplier": trial.extras.get("lr_multiplier"),
+            "measured_seconds_to_target": trial.measured_seconds_to_target,
+            "trial_step_seconds": trial.trial_step_seconds,
+            "censored": trial.censored,
+            "diverged": trial.diverged,
+            "stop_reason": trial.stop_reason,
+            "train_seconds": trial.train_seconds,
+            "final_metric": trial.final_metric,
+        })
+    return rows
+
+
+def strategy_result(choice: Choice, runs: list[Trial], reused: bool, step_seconds: dict[int, float],
+                    best_seconds: float) -> dict[str, Any]:
+    times = [regret_lib.time_to_target(run, step_seconds) for run in runs]
+    median = regret_lib.median_time(times)
+    regret = regret_lib.regret(median, best_seconds)
+    cost = regret_lib.decision_cost(choice.decision_seconds, best_seconds)
+    lower = None if math.isfinite(regret) else regret_lib.censored_lower_bound(runs, step_seconds,
+                                                                               best_seconds)
+    return {
+        "batch_size": choice.batch_size,
+        "lr": choice.lr,
+        "seconds_to_target": median if math.isfinite(median) else None,
+        "regret": regret if math.isfinite(regret) else None,
+        "regret_at_least": lower,
+        "decision_seconds": choice.decision_seconds,
+        "decision_cost": cost,
+        "score": regret + cost if math.isfinite(regret) else None,
+        "accumulation_steps": choice.accumulation_steps,
+        "warmup_steps": choice.warmup_steps,
+        "reached_runs": sum(math.isfinite(t) for t in times),
+        "runs": len(runs),
+        "reused_grid_trials": reused,
+        "per_seed_seconds": [t if math.isfinite(t) else None for t in times],
+        "details": choice.details,
+    }
+
+
+def goal_check(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Did batchsage meet the issue's goal on this task?"""
+    ours = results.get("batchsage")
+    if ours is None:
+        return {}
+    regret = ours["regret"]
+    others = {name: r["score"] for name, r in results.items() if name != "batchsage"}
+    beats = all(regret is not None and (s is None or ours["score"] < s) for s in others.values())
+    return {
+        "regret_ok": regret is not None and regret <= GOAL_MAX_REGRET,
+        "decision_cost_ok": ours["decision_cost"] <= GOAL_MAX_DECISION_COST,
+        "beats_every_strategy": beats,
+        "max_regret": GOAL_MAX_REGRET,
+        "max_decision_cost": GOAL_MAX_DECISION_COST,
+    }
+
+
+def diagnose(recommendation: dict[str, Any] | None, trials: list[Trial],
+             step_seconds: dict[int, float]) -> dict[str, Any]:
+    """The recommender's predictions per B against what the grid measured.
+
+    For every B both have: predicted vs measured step time (t(B)), predicted steps vs the steps the
+    best lr at that B needed (S(B)), the planned lr vs the best grid lr (the lr rule), and the
+    predicted time vs the best measured time at that B (T(B)).
+    """
+    if not recommendation:
+        return {}
+    by_batch: dict[int, list[regret_lib.ConfigSummary]] = {}
+    for summary in regret_lib.summarise_configs([t for t in trials if t.accumulation_steps == 1],
+                                                step_seconds):
+        by_batch.setdefault(summary.batch_size, []).append(summary)
+    rows = []
+    for candidate in recommendation.get("candidates", []):
+        batch = int(candidate["batch_size"])
+        if batch not in by_batch or candidate.get("accumulation_steps", 1) != 1:
+            continue
+        best_here = min(by_batch[batch], key=lambda s: s.seconds_to_target)
+        measured_steps = _median_steps(trials, batch, best_here.lr)
+        measured_seconds = best_here.seconds_to_target
+        rows.append({
+            "batch_size": batch,
+            "predicted_step_seconds": candidate["step_seconds"],
+            "measured_step_seconds": step_seconds.get(batch),
+            "predicted_steps": candidate["predicted_steps"],
+            "measured_steps_at_best_lr": measured_steps,
+            "planned_lr": candidate["lr"],
+            "best_lr": best_here.lr if math.isfinite(measured_seconds) else None,
+            "predicted_seconds": candidate["predicted_seconds"],
+            "measured_best_seconds": measured_seconds if math.isfinite(measured_seconds) else None,
+        })
+    return {"per_batch": rows, "summary": _diagnosis_summary(rows)}
+
+
+def _median_steps(trials: list[Trial], batch: int, lr: float) -> float | None:
+    steps = [t.steps_to_target for t in trials
+             if t.batch_size == batch and regret_lib.same_lr(t.lr, lr) and t.accumulation_steps == 1]
+    finite = [float(s) if s is not None else math.inf for s in steps]
+    value = regret_lib.median_time(finite)
+    return value if math.isfinite(value) else None
+
+
+def _log_ratio_spread(pairs: list[tuple[float | None, float | None]]) -> float | None:
+    """Median |log2(predicted / measured)| over the pairs both sides have: 1.0 = off by 2×."""
+    values = [abs(math.log2(p / m)) for p, m in pairs if p and m and p > 0 and m > 0
+              and math.isfinite(p) and math.isfinite(m)]
+    return statistics.median(values) if values else None
+
+
+def _diagnosis_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    measured = [r for r in rows if r["measured_best_seconds"] is not None]
+    predicted_best = min(rows, key=lambda r: r["predicted_seconds"])["batch_size"] if rows else None
+    measured_best = (min(measured, key=lambda r: r["measured_best_seconds"])["batch_size"]
+                     if measured else None)
+    return {
+        "step_seconds_log2_error": _log_ratio_spread(
+            [(r["predicted_step_seconds"], r["measured_step_seconds"]) for r in rows]),
+        "steps_log2_error": _log_ratio_spread(
+            [(r["predicted_steps"], r["measured_steps_at_best_lr"]) for r in rows]),
+        "lr_log2_error": _log_ratio_spread([(r["planned_lr"], r["best_lr"]) for r in rows]),
+        "seconds_log2_error": _log_ratio_spread(
+            [(r["predicted_seconds"], r["measured_best_seconds"]) for r in rows]),
+        "predicted_best_batch_size": predicted_best,
+        "measured_best_batch_size": measured_best,
+    }
+
+
+# --------------------------------------------------------------------------------------------------
+# Orchestration
+# --------------------------------------------------------------------------------------------------
+
+
+def run_groundtruth(task_spec: str | Task, out: Path, settings: Settings,
+                    console: Console | None = None) -> dict[str, Any]:
+    """Run (or resume) the whole protocol for one task and write ``out``; returns the document."""
+    console = console or Console()
+    task = load_task(task_spec)
+    state = State.load(out)
+    document = state.document
+    document.update({"task": task.name, "status": "partial"})
+    document.setdefault("date", dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
+    document["machine"] = machine_info(settings.device)
+    document.setdefault("load_average", {})["start"] = load_average()
+    seeds = settings.seed_list(task)
+
+    choices = make_decisions(task, settings, state, console)
+    ceiling = int(state.decisions["ceiling"]["max_batch_size"])
+    batch_sizes = grid_batch_sizes(task, ceiling, settings.min_batch_size)
+    plain = [(c.batch_size, c.lr) for c in choices.values()
+             if c.accumulation_steps == 1 and c.warmup_steps == 0 and c.batch_size <= ceiling]
+    configs = grid_configs(task, batch_sizes, settings.lr_multipliers, plain)
+    document["protocol"] = _protocol(task, settings, seeds, ceiling, batch_sizes, len(configs))
+    state.save()
+    console.print(f"[bold]grid[/] {len(configs)} configurations × {len(seeds)} seeds "
+                  f"(B = {batch_sizes[0]}…{batch_sizes[-1]}); {_estimate(state, configs, seeds)}")
+    first = [(c.batch_size, c.lr) for name, c in choices.items() if name in ("batchsage", "default32")
+             and (c.batch_size, c.lr) in plain]
+    grid = run_grid(task, configs, seeds, first, settings, state)
+
+    step_seconds = regret_lib.step_seconds_by_batch(grid)
+    summaries = regret_lib.summarise_configs(grid, step_seconds)
+    best = regret_lib.best_config(summaries)
+    if best is None:
+        raise ConfigError(f"no grid configuration of {task.name!r} reached the target: "
+                          "raise the task's max_samples or lower its target")
+    results = {}
+    for name, choice in choices.items():
+        runs, reused = strategy_trials(choice, grid, state, seeds, task, settings,
+                                       best.seconds_to_target, console)
+        results[name] = strategy_result(choice, runs, reused, step_seconds, best.seconds_to_target)
+    all_trials = grid + state.strategy_runs()
+    document.update({
+        "grid": grid_rows(grid, step_seconds),
+        "step_seconds_by_batch": {str(b): s for b, s in sorted(step_seconds.items())},
+        "configs": [_summary_row(s) for s in summaries],
+        "best": {"batch_size": best.batch_size, "lr": best.lr,
+                 "seconds_to_target": best.seconds_to_target},
+        "strategies": results,
+        "goal": goal_check(results),
+        "diagnosis": diagnose(state.decisions.get("recommendation"), all_trials, step_seconds),
+        "status": "complete",
+    })
+    document["load_average"]["end"] = load_average()
+    state.save()
+    return document
+
+
+def _summary_row(summary: regret_lib.ConfigSummary) -> dict[str, Any]:
+    seconds = summary.seconds_to_target
+    return {"batch_size": summary.batch_size, "lr": summary.lr,
+            "seconds_to_target": seconds if math.isfinite(seconds) else None,
+            "seeds": summary.seeds, "reached": summary.reached}
+
+
+def _protocol(task: Task, settings: Settings, seeds: list[int], ceiling: int,
+              batch_sizes: list[int], configs: int) -> dict[str, Any]:
+    return {
+        "seeds": seeds,
+        "batch_sizes": batch_sizes,
+        "lr_multipliers": list(settings.lr_multipliers),
+        "lr_rule": task.resolved_lr_scaling(),
+        "base_batch_size": task.base_batch_size,
+        "base_lr": task.base_lr,
+        "target": task.target,
+        "metric": task.metric_name,
+        "max_samples": task.max_samples,
+        "ceiling": ceiling,
+        "memory_budget_bytes": settings.memory_budget_bytes,
+        "configurations": configs,
+        "censor_factor": settings.censor_factor,
+        "time_to_target": "steps_to_target × median step time at that B over all grid trials "
+                          "(measured_seconds_to_target keeps each trial's own clock)",
+    }
+
+
+def _estimate(state: State, configs: list[tuple[int, float, float | None]], seeds: list[int]) -> str:
+    """A rough remaining-time estimate from the recommender's predicted time per B."""
+    rec = state.decisions.get("recommendation")
+    if not rec or not rec.get("candidates"):
+        return "no estimate (no recommendation)"
+    predicted = {int(c["batch_size"]): float(c["predicted_seconds"]) for c in rec["candidates"]}
+    best = min(predicted.values())
+    cap = 3.0 * best
+    total = sum(min(predicted.get(b, cap), cap) for b, _, _ in configs) * len(seeds)
+    return f"rough upper estimate {total / 60:.0f} min (from predicted T(B), cut at 3× best)"
+
+
+def parse_args(argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, Settings]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--task", required=True, help="built-in name or path/to/file.py:ATTR")
+    parser.add_argument("--seeds", type=int, default=2, help="seeds per configuration (≥ 2)")
+    parser.add_argument("--memory-budget", default=None, help="e.g. 4GiB (default: free memory)")
+    parser.add_argument("--out", type=Path, required=True, help="output JSON path")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--min-batch-size", type=int, default=16)
+    parser.add_argument("--max-batch-size", type=int, default=None,
+                        help="cap the grid (and the finders) below the memory ceiling")
+    parser.add_argument("--censor-factor", type=float, default=3.0)
+    parser.add_argument("--recommend-budget-seconds", type=float, default=None,
+                        help="batchsage's decision budget (default: recommend's own default)")
+    parser.add_argument("--strategies", default=",".join(strategies.STRATEGIES))
+    parser.add_argument("--fresh", action="store_true",
+                        help="discard a saved partial run instead of resuming it")
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+    names = tuple(n.strip() for n in args.strategies.split(",") if n.strip())
+    unknown = sorted(set(names) - set(strategies.STRATEGIES))
+    if unknown:
+        raise ConfigError(f"unknown strategies {unknown}: choose from {', '.join(strategies.STRATEGIES)}")
+    if args.seeds < 1:
+        raise ConfigError(f"--seeds must be at least 1, got {args.seeds}")
+    budget = _parse_size(args.memory_budget) if args.memory_budget else None
+    settings = Settings(
+        seeds=args.seeds, memory_budget_bytes=budget, device=args.device,
+        min_batch_size=args.min_batch_size, max_batch_size=args.max_batch_size,
+        censor_factor=args.censor_factor, recommend_budget_seconds=args.recommend_budget_seconds,
+        strategies=names, progress=not args.no_progress,
+    )
+    return args, settings
+
+
+def _parse_size(text: str) -> int:
+    from batchsage.units import parse_size
+
+    return parse_size(text)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    console = Console()
+    out = None
+    try:
+        args, settings = parse_args(argv)
+        out = args.out
+        if args.fresh:
+            for path in (args.out, args.out.with_suffix(".db")):
+                path.unlink(missing_ok=True)
+        document = run_groundtruth(args.task, args.out, settings, console)
+    except BatchsageError as exc:
+        console.print(f"[bold red]error:[/] {exc}", highlight=False)
+        return 2
+    except KeyboardInterrupt:
+        console.print(f"interrupted: progress is saved; re-run the same command to resume ({out})")
+        return 130
+    _print_result(document, console)
+    return 0
+
+
+def _print_result(document: dict[str, Any], console: Console) -> None:
+    best = document["best"]
+    console.print(f"best: B={best['batch_size']}, lr={best['lr']:.4g}, "
+                  f"{best['seconds_to_target']:.2f} s to target")
+    for name, result in document["strategies"].items():
+        regret = result["regret"]
+        shown = f"{regret:.2f}" if regret is not None else (
+            f"≥{result['regret_at_least']:.2f}" if result["regret_at_least"] else "not reached")
+        console.print(f"  {name:15s} B={result['batch_size']:<6d} lr={result['lr']:<10.4g} "
+                      f"regret {shown:>7s}  decision cost {result['decision_cost']:.2f}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,185 @@
+"""Ground-truth arithmetic: time to target per trial, the best configuration, regret, decision cost.
+
+Pure Python on trial records, no torch, so it is tested without training anything.
+
+Definitions (DESIGN.md "Measuring whether a recommendation is right"):
+
+- a trial's time to target = its steps to target × the median step time at its batch size, where
+  that median is taken over *every* trial run at that batch size in the same (interleaved) run.
+  On a shared machine one trial's own clock is noisy (±20 % between runs); the pooled median is
+  not, and steps do not depend on the clock at all. The trial's own measured seconds are kept
+  beside it (``measured_seconds_to_target``).
+- a configuration's time = the median over seeds of its trials' times; a seed that did not reach
+  the target (budget, divergence, or cut at ``censor_factor`` × the best time so far) counts as
+  infinitely slow, so a configuration half of whose seeds fail has no finite median.
+- best = the grid configuration with the smallest median time.
+- regret = a strategy's median time ÷ the best time (1.0 is perfect);
+  decision cost = the seconds it spent choosing ÷ the best time.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+#: Two learning rates closer than this (relative) are the same configuration.
+LR_REL_TOL = 1e-6
+
+
+@dataclass
+class Trial:
+    """One training run of one (batch size, lr, seed) configuration."""
+
+    batch_size: int
+    lr: float
+    seed: int
+    reached_target: bool
+    steps_to_target: int | None
+    measured_seconds_to_target: float | None
+    trial_step_seconds: float
+    censored: bool = False
+    diverged: bool = False
+    stop_reason: str = ""
+    accumulation_steps: int = 1
+    warmup_steps: int = 0
+    train_seconds: float = math.nan
+    final_metric: float = math.nan
+    source: str = "grid"
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def key(self) -> tuple[int, float, int, int]:
+        """What makes two trials the same configuration (seed aside)."""
+        return config_key(self.batch_size, self.lr, self.accumulation_steps, self.warmup_steps)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data.update(data.pop("extras"))
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Trial:
+        known = {name for name in cls.__dataclass_fields__ if name != "extras"}
+        fields = {key: value for key, value in data.items() if key in known}
+        extras = {key: value for key, value in data.items() if key not in known}
+        for name in ("train_seconds", "final_metric", "trial_step_seconds"):
+            if fields.get(name) is None:
+                fields[name] = math.nan
+        return cls(**fields, extras=extras)
+
+
+def config_key(batch_size: int, lr: float, accumulation_steps: int = 1,
+               warmup_steps: int = 0) -> tuple[int, float, int, int]:
+    """A hashable configuration identity; the lr is rounded so 0.1·3 and 0.3 coincide."""
+    return (int(batch_size), float(f"{lr:.9g}"), int(accumulation_steps), int(warmup_steps))
+
+
+def same_lr(first: float, second: float) -> bool:
+    return math.isclose(first, second, rel_tol=LR_REL_TOL)
+
+
+def step_seconds_by_batch(trials: Iterable[Trial]) -> dict[int, float]:
+    """Median step time per batch size over all plain trials (no accumulation) at that size."""
+    pooled: dict[int, list[float]] = defaultdict(list)
+    for trial in trials:
+        if trial.accumulation_steps == 1 and math.isfinite(trial.trial_step_seconds):
+            pooled[trial.batch_size].append(trial.trial_step_seconds)
+    return {batch: statistics.median(times) for batch, times in pooled.items() if times}
+
+
+def time_to_target(trial: Trial, step_seconds: dict[int, float]) -> float:
+    """steps × the pooled median step time at the trial's batch size; inf when not reached.
+
+    A trial with accumulation runs a different step than the plain trials at its batch size, so
+    it keeps its own median step time.
+    """
+    if not trial.reached_target or trial.steps_to_target is None:
+        return math.inf
+    pooled = step_seconds.get(trial.batch_size) if trial.accumulation_steps == 1 else None
+    seconds = pooled if pooled is not None else trial.trial_step_seconds
+    return trial.steps_to_target * seconds
+
+
+def median_time(times: Sequence[float]) -> float:
+    """Median over seeds; an unreached seed is +inf (so 1 of 2 failing gives inf)."""
+    if not times:
+        return math.inf
+    ordered = sorted(times)
+    middle = len(ordered) // 2
+    if len(ordered) % 2:
+        return ordered[middle]
+    low, high = ordered[middle - 1], ordered[middle]
+    return math.inf if math.isinf(high) else (low + high) / 2.0
+
+
+@dataclass(frozen=True)
+class ConfigSummary:
+    batch_size: int
+    lr: float
+    accumulation_steps: int
+    warmup_steps: int
+    seconds_to_target: float
+    seeds: int
+    reached: int
+
+
+def summarise_configs(trials: Iterable[Trial], step_seconds: dict[int, float]) -> list[ConfigSummary]:
+    """Median time over seeds for every configuration among ``trials``."""
+    groups: dict[tuple[int, float, int, int], list[Trial]] = defaultdict(list)
+    for trial in trials:
+        groups[trial.key].append(trial)
+    summaries = []
+    for group in groups.values():
+        first = group[0]
+        times = [time_to_target(trial, step_seconds) for trial in group]
+        summaries.append(
+            ConfigSummary(first.batch_size, first.lr, first.accumulation_steps, first.warmup_steps,
+                          median_time(times), len(group), sum(math.isfinite(t) for t in times))
+        )
+    return sorted(summaries, key=lambda s: (s.batch_size, s.lr))
+
+
+def best_config(summaries: Iterable[ConfigSummary]) -> ConfigSummary | None:
+    """The configuration with the smallest finite median time (None if nothing reached)."""
+    finite = [s for s in summaries if math.isfinite(s.seconds_to_target)]
+    if not finite:
+        return None
+    return min(finite, key=lambda s: (s.seconds_to_target, s.batch_size))
+
+
+def regret(seconds_to_target: float, best_seconds: float) -> float:
+    """Time to target ÷ the best time to target; inf when the strategy never reached the target."""
+    if not best_seconds > 0 or not math.isfinite(best_seconds):
+        raise ValueError(f"best time to target must be a positive finite number, got {best_seconds}")
+    return seconds_to_target / best_seconds
+
+
+def decision_cost(decision_seconds: float, best_seconds: float) -> float:
+    """Seconds spent choosing ÷ the best time to target."""
+    if not best_seconds > 0 or not math.isfinite(best_seconds):
+        raise ValueError(f"best time to target must be a positive finite number, got {best_seconds}")
+    return decision_seconds / best_seconds
+
+
+def censored_lower_bound(trials: Sequence[Trial], step_seconds: dict[int, float],
+                         best_seconds: float) -> float | None:
+    """For a configuration whose median is inf because runs were cut: the regret it at least has.
+
+    A cut run trained ``train_seconds`` without reaching the target, so its time to target is at
+    least that. Returns the median of (reached: time, cut: train seconds) ÷ best, or None.
+    """
+    bounds = []
+    for trial in trials:
+        if trial.reached_target:
+            bounds.append(time_to_target(trial, step_seconds))
+        elif trial.censored and math.isfinite(trial.train_seconds):
+            bounds.append(trial.train_seconds)
+        else:
+            return None  # diverged or out of budget: no finite bound says anything useful
+    if not bounds:
+        return None
+    return statistics.median(bounds) / best_seconds

@@ -1,0 +1,213 @@
+"""Render every ground-truth result into one Markdown table and one plot per task.
+
+    python benchmarks/summarize.py [--results benchmarks/results]
+
+Reads ``<results>/*.json`` written by ``groundtruth.py``, writes ``<results>/SUMMARY.md`` (the
+table the README shows: regret and decision cost per task per strategy, with date and machine) and
+``<results>/<task>.png`` (time to target against B, one line per lr multiplier, each strategy's
+pick marked), and prints the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+STRATEGY_ORDER = ("batchsage", "default32", "memory_ceiling", "max_throughput", "doubling")
+MARKERS = {"batchsage": "*", "default32": "o", "memory_ceiling": "s", "max_throughput": "^",
+           "doubling": "D"}
+
+
+def load_results(directory: Path) -> list[dict[str, Any]]:
+    """Every result document with strategies, sorted by task name."""
+    documents = []
+    for path in sorted(directory.glob("*.json")):
+        try:
+            document = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        if isinstance(document, dict) and document.get("strategies") and document.get("best"):
+            documents.append(document)
+    return sorted(documents, key=lambda d: d["task"])
+
+
+def format_cell(result: dict[str, Any] | None) -> str:
+    """``regret / decision cost (B)``; a run cut before the target shows ``≥ bound``."""
+    if result is None:
+        return "–"
+    regret = result.get("regret")
+    if regret is not None:
+        shown = f"{regret:.2f}"
+    elif result.get("regret_at_least") is not None:
+        shown = f"≥ {result['regret_at_least']:.1f}"
+    else:
+        shown = "not reached"
+    return f"{shown} / {result['decision_cost']:.2f} (B={result['batch_size']})"
+
+
+def machine_label(machine: dict[str, Any]) -> str:
+    parts = [f"{machine.get('cpu_count', '?')} CPU"]
+    if machine.get("gpu"):
+        parts.append(str(machine["gpu"]))
+    parts.append(f"torch {machine.get('torch', '?')}")
+    return ", ".join(parts)
+
+
+def render_table(documents: Sequence[dict[str, Any]]) -> str:
+    """The Markdown table: one row per task, one column per strategy."""
+    names = [n for n in STRATEGY_ORDER if any(n in d["strategies"] for d in documents)]
+    names += sorted({n for d in documents for n in d["strategies"]} - set(names))
+    header = ["task", "best (B, lr, s to target)", *names, "goal met", "date", "machine"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for document in documents:
+        best = document["best"]
+        status = "" if document.get("status") == "complete" else " (partial)"
+        row = [
+            document["task"] + status,
+            f"B={best['batch_size']}, lr={best['lr']:.3g}, {best['seconds_to_target']:.1f} s",
+            *[format_cell(document["strategies"].get(name)) for name in names],
+            _goal_cell(document.get("goal", {})),
+            str(document.get("date", ""))[:10],
+            machine_label(document.get("machine", {})),
+        ]
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def _goal_cell(goal: dict[str, Any]) -> str:
+    if not goal:
+        return "–"
+    checks = [("regret ≤ 1.10", goal.get("regret_ok")), ("cost ≤ 0.10", goal.get("decision_cost_ok")),
+              ("beats all", goal.get("beats_every_strategy"))]
+    missed = [label for label, ok in checks if not ok]
+    return "yes" if not missed else "no: " + ", ".join(missed)
+
+
+def render_summary(documents: Sequence[dict[str, Any]]) -> str:
+    regrets = [d["strategies"]["batchsage"]["regret"] for d in documents
+               if d["strategies"].get("batchsage", {}).get("regret") is not None]
+    lines = [
+        "# Ground truth: regret and decision cost per task",
+        "",
+        "Each cell: **regret / decision cost (chosen B)**. Regret = the strategy's median time to target "
+        "over seeds ÷ the best grid configuration's; decision cost = seconds spent choosing ÷ that best "
+        "time (1.00 / 0.00 would be a free, perfect choice). Time to target = steps to target × the "
+        "median step time at that B over the whole grid (training time; validation excluded). "
+        "\"≥ x\": every run was cut at 3× the best time before reaching the target. "
+        "Protocol: docs/groundtruth.md.",
+        "",
+        render_table(documents),
+        "",
+    ]
+    if regrets:
+        lines.append(f"batchsage: median regret {statistics.median(regrets):.2f}, "
+                     f"worst {max(regrets):.2f} over {len(regrets)} task(s).")
+        lines.append("")
+    machines = {json.dumps(d.get("machine", {}), sort_keys=True) for d in documents}
+    lines.append("Machines:")
+    lines.extend(f"- `{m}`" for m in sorted(machines))
+    lines.append("")
+    return "\n".join(lines)
+
+
+def plot_task(document: dict[str, Any], path: Path) -> None:
+    """Time to target vs B, one line per lr multiplier, each strategy's pick marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(7.5, 4.8))
+    for multiplier, points in sorted(_lines(document["grid"]).items()):
+        xs = [b for b, s in points if s is not None]
+        ys = [s for _, s in points if s is not None]
+        axes.plot(xs, ys, marker=".", label=f"lr = rule × {multiplier:g}", alpha=0.8)
+    extra = _extra_points(document["grid"])
+    if extra:
+        axes.scatter([b for b, _ in extra], [s for _, s in extra], color="grey", s=14,
+                     label="other (B, lr) tried", zorder=2)
+    ceiling = _plot_ceiling(document)
+    for name, result in document["strategies"].items():
+        seconds = result.get("seconds_to_target")
+        shown = seconds if seconds is not None else ceiling
+        label = f"{name}: regret {result['regret']:.2f}" if result.get("regret") is not None else (
+            f"{name}: not reached")
+        axes.scatter([result["batch_size"]], [shown], marker=MARKERS.get(name, "P"), s=110,
+                     edgecolors="black", linewidths=0.8, zorder=5, label=label)
+    best = document["best"]
+    axes.axhline(best["seconds_to_target"], color="black", linestyle=":", linewidth=0.8,
+                 label=f"best: B={best['batch_size']}, {best['seconds_to_target']:.1f} s")
+    axes.set_xscale("log", base=2)
+    axes.set_yscale("log")
+    axes.set_xlabel("batch size B")
+    axes.set_ylabel("seconds to target (median over seeds)")
+    axes.set_title(f"{document['task']}: time to target ({str(document.get('date', ''))[:10]})")
+    axes.grid(True, which="both", alpha=0.3)
+    axes.legend(fontsize=7, loc="best")
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def _median_by_config(grid: list[dict[str, Any]]) -> dict[tuple[int, float, Any], float | None]:
+    """Median over seeds per (B, lr); None when the median run did not reach the target."""
+    groups: dict[tuple[int, float, Any], list[float]] = defaultdict(list)
+    for row in grid:
+        key = (int(row["batch_size"]), float(f"{row['lr']:.9g}"), row.get("lr_multiplier"))
+        seconds = row.get("seconds_to_target")
+        groups[key].append(math.inf if seconds is None else float(seconds))
+    medians: dict[tuple[int, float, Any], float | None] = {}
+    for key, values in groups.items():
+        ordered = sorted(values)
+        middle = len(ordered) // 2
+        value = ordered[middle] if len(ordered) % 2 else (
+            math.inf if math.isinf(ordered[middle]) else (ordered[middle - 1] + ordered[middle]) / 2)
+        medians[key] = value if math.isfinite(value) else None
+    return medians
+
+
+def _lines(grid: list[dict[str, Any]]) -> dict[float, list[tuple[int, float | None]]]:
+    lines: dict[float, list[tuple[int, float | None]]] = defaultdict(list)
+    for (batch, _, multiplier), seconds in sorted(_median_by_config(grid).items()):
+        if multiplier is not None:
+            lines[float(multiplier)].append((batch, seconds))
+    return lines
+
+
+def _extra_points(grid: list[dict[str, Any]]) -> list[tuple[int, float]]:
+    return [(batch, seconds) for (batch, _, multiplier), seconds in _median_by_config(grid).items()
+            if multiplier is None and seconds is not None]
+
+
+def _plot_ceiling(document: dict[str, Any]) -> float:
+    """Where an unreached strategy's marker goes: above the slowest finite time."""
+    times = [r["seconds_to_target"] for r in document["grid"] if r.get("seconds_to_target")]
+    return 1.5 * max(times) if times else 1.0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Render ground-truth results: table and plots.")
+    parser.add_argument("--results", type=Path, default=Path(__file__).resolve().parent / "results")
+    args = parser.parse_args(argv)
+    documents = load_results(args.results)
+    if not documents:
+        print(f"no ground-truth results in {args.results}", file=sys.stderr)
+        return 1
+    for document in documents:
+        plot_task(document, args.results / f"{document['task']}.png")
+    summary = render_summary(documents)
+    (args.results / "SUMMARY.md").write_text(summary)
+    print(summary)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,216 @@
+"""The ground-truth benchmark: regret arithmetic, the peer strategies' searches, the summary, and a
+tiny end-to-end run (2 batch sizes × 2 learning rates × 2 seeds on a test-local task)."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+sys.path.insert(0, str(BENCHMARKS))
+
+import groundtruth  # noqa: E402
+import gt_regret  # noqa: E402
+import gt_strategies  # noqa: E402
+import summarize  # noqa: E402
+from gt_regret import Trial  # noqa: E402
+
+
+def trial(batch: int, lr: float, seed: int, steps: int | None, step_seconds: float, **kw) -> Trial:
+    return Trial(batch_size=batch, lr=lr, seed=seed, reached_target=steps is not None,
+                 steps_to_target=steps, measured_seconds_to_target=None,
+                 trial_step_seconds=step_seconds, **kw)
+
+
+# -- arithmetic -------------------------------------------------------------------------------------
+
+
+def test_time_to_target_uses_pooled_median_step_time_not_the_trials_own_clock() -> None:
+    trials = [trial(32, 0.1, 0, 100, 0.010), trial(32, 0.2, 0, 50, 0.030), trial(32, 0.1, 1, 80, 0.011)]
+    pooled = gt_regret.step_seconds_by_batch(trials)
+    assert pooled == {32: pytest.approx(0.011)}
+    # The slow-clock trial is charged the pooled step time, not its own 30 ms.
+    assert gt_regret.time_to_target(trials[1], pooled) == pytest.approx(50 * 0.011)
+
+
+def test_unreached_trial_is_infinitely_slow_and_poisons_a_two_seed_median() -> None:
+    pooled = {64: 0.02}
+    assert math.isinf(gt_regret.time_to_target(trial(64, 0.1, 0, None, 0.02), pooled))
+    assert math.isinf(gt_regret.median_time([1.0, math.inf]))
+    assert gt_regret.median_time([1.0, 3.0, math.inf]) == 3.0
+    assert gt_regret.median_time([2.0, 4.0]) == 3.0
+
+
+def test_best_config_is_the_smallest_median_over_seeds() -> None:
+    trials = [
+        # B=32: seed times 1.0 and 5.0 -> median 3.0
+        trial(32, 0.1, 0, 100, 0.01), trial(32, 0.1, 1, 500, 0.01),
+        # B=64: 2.4 and 2.6 -> median 2.5 (best, although B=32 has the single fastest run)
+        trial(64, 0.2, 0, 120, 0.02), trial(64, 0.2, 1, 130, 0.02),
+        # B=128: one seed never reached -> inf
+        trial(128, 0.4, 0, 10, 0.04), trial(128, 0.4, 1, None, 0.04),
+    ]
+    pooled = gt_regret.step_seconds_by_batch(trials)
+    summaries = gt_regret.summarise_configs(trials, pooled)
+    best = gt_regret.best_config(summaries)
+    assert best is not None and (best.batch_size, best.lr) == (64, 0.2)
+    assert best.seconds_to_target == pytest.approx(2.5)
+    assert math.isinf(next(s for s in summaries if s.batch_size == 128).seconds_to_target)
+
+
+def test_regret_and_decision_cost_are_ratios_to_the_best_time() -> None:
+    assert gt_regret.regret(5.5, 5.0) == pytest.approx(1.1)
+    assert gt_regret.decision_cost(0.5, 5.0) == pytest.approx(0.1)
+    assert math.isinf(gt_regret.regret(math.inf, 5.0))
+    with pytest.raises(ValueError):
+        gt_regret.regret(1.0, 0.0)
+
+
+def test_censored_runs_give_a_lower_bound_but_diverged_ones_do_not() -> None:
+    pooled = {32: 0.01}
+    cut = [trial(32, 0.1, 0, None, 0.01, censored=True, train_seconds=9.0),
+           trial(32, 0.1, 1, None, 0.01, censored=True, train_seconds=11.0)]
+    assert gt_regret.censored_lower_bound(cut, pooled, 2.0) == pytest.approx(5.0)
+    diverged = [trial(32, 0.1, 0, None, 0.01, diverged=True, train_seconds=1.0)]
+    assert gt_regret.censored_lower_bound(diverged, pooled, 2.0) is None
+
+
+def test_config_key_merges_float_noise_but_not_warmup() -> None:
+    assert gt_regret.config_key(32, 0.1 * 3) == gt_regret.config_key(32, 0.3)
+    assert gt_regret.config_key(32, 0.3, warmup_steps=5) != gt_regret.config_key(32, 0.3)
+
+
+def test_trial_round_trips_through_json_with_extras() -> None:
+    original = trial(16, 0.05, 2, 40, 0.003, censored=True, train_seconds=1.5, final_metric=0.9,
+                     extras={"lr_multiplier": 0.5})
+    loaded = Trial.from_dict(json.loads(json.dumps(original.to_dict())))
+    assert loaded == original
+
+
+# -- peer strategies ---------------------------------------------------------------------------------
+
+
+def test_lightning_search_doubles_then_bisects_between_last_fit_and_first_failure() -> None:
+    ran: list[int] = []
+    chosen, tried = gt_strategies.lightning_search(10_000, lambda b: b <= 100, ran.append)
+    assert chosen == 100
+    assert tried[:8] == [2, 4, 8, 16, 32, 64, 128, 96]
+    assert all(b <= 100 for b in ran) and 128 not in ran  # a batch that does not fit is never run
+
+
+def test_lightning_search_stops_at_the_training_set_size() -> None:
+    chosen, tried = gt_strategies.lightning_search(1000, lambda b: True, lambda b: None)
+    assert chosen == 1000 and tried[-2:] == [512, 1000]
+
+
+def test_ludwig_search_keeps_the_fastest_and_stops_at_the_first_drop() -> None:
+    rates = {2: 10.0, 4: 30.0, 8: 50.0, 16: 45.0, 32: 90.0}
+    chosen, points = gt_strategies.ludwig_search(10_000, lambda b: True, rates.__getitem__)
+    assert chosen == 8
+    assert [p["batch_size"] for p in points] == [2, 4, 8, 16]  # 32 is never timed
+
+
+def test_ludwig_search_stays_below_a_fifth_of_the_data_and_the_ceiling() -> None:
+    chosen, points = gt_strategies.ludwig_search(1000, lambda b: b <= 4096, float)
+    assert chosen == 128 and max(p["batch_size"] for p in points) == 128
+    chosen, _ = gt_strategies.ludwig_search(10**6, lambda b: b <= 64, float)
+    assert chosen == 64
+
+
+def test_memory_ceiling_and_throughput_strategies_run_real_steps(tiny_task) -> None:
+    ceiling = gt_strategies.choose_memory_ceiling(tiny_task, lambda b: b <= 200)
+    assert ceiling.batch_size == 200 and ceiling.decision_seconds > 0
+    assert ceiling.lr == pytest.approx(tiny_task.base_lr * 200 / tiny_task.base_batch_size)
+    fastest = gt_strategies.choose_max_throughput(tiny_task, lambda b: b <= 64)
+    assert fastest.batch_size in {2, 4, 8, 16, 32, 64}
+    assert fastest.lr == pytest.approx(tiny_task.base_lr * fastest.batch_size / tiny_task.base_batch_size)
+    assert fastest.details["points"][0]["batch_size"] == 2
+
+
+# -- grid construction --------------------------------------------------------------------------------
+
+
+def test_grid_configs_scale_lr_by_rule_and_add_strategy_points_once(tiny_task) -> None:
+    sizes = groundtruth.grid_batch_sizes(tiny_task, ceiling=100, min_batch_size=16)
+    assert sizes == [16, 32, 64]
+    configs = groundtruth.grid_configs(tiny_task, sizes, (0.5, 1.0), [(32, 0.2), (100, 0.7)])
+    assert (32, pytest.approx(0.2), 1.0) in configs  # base lr 0.1 at B=16, linear rule → 0.2 at 32
+    assert [c for c in configs if c[2] is None] == [(100, 0.7, None)]
+    assert len(configs) == 3 * 2 + 1
+
+
+# -- summary -----------------------------------------------------------------------------------------
+
+
+def _document(task: str = "toy") -> dict:
+    grid = []
+    for batch, step in ((16, 0.01), (32, 0.012)):
+        for multiplier, steps in ((0.5, 400), (1.0, 200)):
+            for seed in (0, 1):
+                grid.append({"batch_size": batch, "lr": 0.1 * multiplier * batch / 16, "seed": seed,
+                             "reached_target": True, "steps_to_target": steps // (batch // 16),
+                             "seconds_to_target": steps // (batch // 16) * step, "step_seconds": step,
+                             "lr_multiplier": multiplier})
+    strategy = {"batch_size": 32, "lr": 0.2, "seconds_to_target": 1.2, "regret": 1.0,
+                "regret_at_least": None, "decision_seconds": 0.3, "decision_cost": 0.25}
+    slow = dict(strategy, batch_size=16, lr=0.1, seconds_to_target=2.0, regret=2.0 / 1.2,
+                decision_seconds=0.0, decision_cost=0.0)
+    cut = dict(strategy, batch_size=1000, seconds_to_target=None, regret=None, regret_at_least=3.4)
+    return {"task": task, "status": "complete", "date": "2025-01-02T03:04:05+00:00",
+            "machine": {"cpu_count": 2, "torch": "2.13.0"}, "grid": grid,
+            "best": {"batch_size": 32, "lr": 0.2, "seconds_to_target": 1.2},
+            "strategies": {"batchsage": strategy, "default32": slow, "memory_ceiling": cut},
+            "goal": {"regret_ok": True, "decision_cost_ok": False, "beats_every_strategy": True}}
+
+
+def test_summary_table_has_one_row_per_task_and_the_numbers(tmp_path: Path) -> None:
+    for name in ("b-task", "a-task"):
+        (tmp_path / f"{name}.json").write_text(json.dumps(_document(name)))
+    (tmp_path / "notes.json").write_text("[]")  # not a result: ignored
+    assert summarize.main(["--results", str(tmp_path)]) == 0
+    text = (tmp_path / "SUMMARY.md").read_text()
+    rows = [line for line in text.splitlines() if line.startswith("| ")]
+    assert rows[1].startswith("| a-task") and rows[2].startswith("| b-task")
+    assert "1.00 / 0.25 (B=32)" in rows[1]
+    assert "1.67 / 0.00 (B=16)" in rows[1]
+    assert "≥ 3.4" in rows[1]
+    assert "no: cost ≤ 0.10" in rows[1] and "2025-01-02" in rows[1]
+    assert (tmp_path / "a-task.png").stat().st_size > 1000
+
+
+# -- end to end ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_groundtruth_smoke_run_on_a_tiny_task_2x2_grid(tiny_task, tmp_path: Path) -> None:
+    pytest.importorskip("batchsage.sweep", reason="sweep engine not merged yet")
+    pytest.importorskip("batchsage.probe.memory", reason="memory probe not merged yet")
+    out = tmp_path / "tiny.json"
+    settings = groundtruth.Settings(
+        seeds=2, min_batch_size=16, max_batch_size=32, lr_multipliers=(0.5, 1.0),
+        recommend_budget_seconds=2.0, strategies=("default32", "max_throughput"), progress=False,
+    )
+    document = groundtruth.run_groundtruth(tiny_task, out, settings)
+    saved = json.loads(out.read_text())
+    assert saved["status"] == "complete" and saved["task"] == "tiny"
+    assert {(r["batch_size"], r["lr_multiplier"]) for r in saved["grid"]} >= {
+        (16, 0.5), (16, 1.0), (32, 0.5), (32, 1.0)}
+    assert {r["seed"] for r in saved["grid"]} == {0, 1}
+    best = document["best"]
+    grid_medians = [c["seconds_to_target"] for c in saved["configs"] if c["seconds_to_target"]]
+    assert best["seconds_to_target"] == pytest.approx(min(grid_medians))
+    for name in ("default32", "max_throughput"):
+        result = saved["strategies"][name]
+        if result["seconds_to_target"] is not None:
+            assert result["regret"] == pytest.approx(result["seconds_to_target"] / best["seconds_to_target"])
+            assert result["regret"] >= 1.0 - 1e-9 or not result["reused_grid_trials"]
+        assert result["decision_cost"] == pytest.approx(
+            result["decision_seconds"] / best["seconds_to_target"])
+    assert saved["strategies"]["default32"]["decision_seconds"] == 0.0
+    # Resuming a finished run starts over only when asked; the rows keep their fields.
+    assert set(saved["grid"][0]) >= {"batch_size", "lr", "seed", "reached_target", "seconds_to_target",
+                                     "steps_to_target", "step_seconds"}
