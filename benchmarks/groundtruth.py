@@ -10,16 +10,18 @@ Protocol (DESIGN.md "Measuring whether a recommendation is right"; docs/groundtr
    and the constant ``default32``.
 2. The grid, through the sweep engine: every power-of-two B from ``--min-batch-size`` up to the
    memory ceiling (and the training-set size) × the task's scaled lr × {¼, ½, 1, 2}, plus every
-   strategy's own plain (B, lr), for each seed, each to the target or the budget, in a shuffled order
-   so that machine-load drift does not favour one B. Nothing that could be the best is pruned; a
-   trial past ``--censor-factor`` × the best time so far is cut and recorded as censored.
+   strategy's own plain (B, lr), for each seed, each to the target or the budget. batchsage's and
+   default32's points run first (a good time early lets the censoring cut hopeless trials sooner),
+   the rest in a seeded random order, so that machine-load drift does not favour one B. Nothing that
+   could be the best is pruned; a trial past ``--censor-factor`` × the best time so far (of its
+   seed) is cut and recorded as censored.
 3. Strategy choices that are not plain grid points (batchsage's warmup or accumulation) are trained
    for every seed with the same loop.
 4. Time to target = steps × the median step time at that B pooled over the whole grid; best = the
    configuration with the smallest median over seeds; regret and decision cost per strategy.
 
-Resumable: the grid lives in an Optuna SQLite storage next to the output (``<out>.db``, not
-committed) and every decision and strategy run is saved in the output JSON as soon as it is made,
+Resumable: the sweeps live in an Optuna SQLite storage (``out/groundtruth/<task>.db``, ignored by
+git) and every decision and strategy run is saved in the output JSON as soon as it is made,
 so stopping and re-running the same command continues where it stopped.
 """
 
@@ -30,9 +32,9 @@ import datetime as dt
 import math
 import os
 import platform
+import random
 import statistics
 import sys
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -71,8 +73,9 @@ class Settings:
     censor_factor: float = 3.0
     recommend_budget_seconds: float | None = None
     strategies: tuple[str, ...] = strategies.STRATEGIES
-    shuffle_seed: int = 0
     progress: bool = True
+    storage_dir: Path | None = None
+    shuffle_seed: int = 0
 
     def seed_list(self, task: Task) -> list[int]:
         return [task.seed + index for index in range(self.seeds)]
@@ -87,16 +90,18 @@ class Settings:
 class State:
     path: Path
     document: dict[str, Any] = field(default_factory=dict)
+    storage_dir: Path | None = None
 
     @classmethod
-    def load(cls, path: Path) -> State:
+    def load(cls, path: Path, storage_dir: Path | None = None) -> State:
+        """Resume a partial result at ``path``; a complete (or absent) one starts afresh."""
         import json
 
         if path.is_file():
             document = json.loads(path.read_text())
             if document.get("status") == "partial":
-                return cls(path, document)
-        return cls(path, {"status": "partial", "decisions": {}, "strategy_runs": []})
+                return cls(path, document, storage_dir)
+        return cls(path, {"status": "partial", "decisions": {}, "strategy_runs": []}, storage_dir)
 
     def save(self) -> None:
         write_json(self.path, self.document)
@@ -152,14 +157,23 @@ def load_average() -> list[float] | None:
 
 
 def memory_ceiling(task: Task, settings: Settings) -> tuple[int, dict[str, Any]]:
-    """Largest B whose step fits the budget (the probe's verified prediction), ≤ training-set size."""
-    from batchsage.probe.memory import probe_memory
+    """Largest B whose step fits the budget (the probe's verified prediction), ≤ training-set size.
 
-    probe = probe_memory(task, device=settings.device, budget_bytes=settings.memory_budget_bytes)
-    ceiling = min(int(probe.max_batch_size), task.num_train_samples)
+    Without the memory probe (not installed), the training-set size bounds B, as in the sweep.
+    """
+    try:
+        from batchsage.probe.memory import probe_memory
+    except ImportError:
+        ceiling = task.num_train_samples
+        details: dict[str, Any] = {"max_batch_size": ceiling, "source": "training set size"}
+    else:
+        probe = probe_memory(task, device=settings.device, budget_bytes=settings.memory_budget_bytes)
+        ceiling = min(int(probe.max_batch_size), task.num_train_samples)
+        details = probe.to_dict() if hasattr(probe, "to_dict") else {}
+        details["source"] = "memory probe"
     if settings.max_batch_size is not None:
         ceiling = min(ceiling, settings.max_batch_size)
-    return ceiling, probe.to_dict() if hasattr(probe, "to_dict") else {"max_batch_size": ceiling}
+    return ceiling, details
 
 
 def make_decisions(task: Task, settings: Settings, state: State, console: Console) -> dict[str, Choice]:
@@ -206,23 +220,27 @@ def _decide_batchsage(task: Task, settings: Settings, state: State) -> Choice:
 
 
 def choose_doubling(task: Task, settings: Settings, state: State, ceiling: int) -> Choice:
-    """The seeds' procedure (start at 32, double while validation improves), by the sweep engine."""
+    """The seeds' procedure (start at 32, double while time to target improves), by the sweep engine.
+
+    One seed, as a practitioner runs it. Its decision time is the sweep's wall-clock; if the sweep
+    was resumed (some trials ran in an earlier process), the sum of its trials' wall seconds.
+    """
     from batchsage.sweep import run_sweep
 
-    storage = _storage_url(state.path)
-    start = time.perf_counter()
     result = run_sweep(
-        task, procedure="doubling", seeds=[task.seed], storage=storage,
+        task, procedure="doubling", seeds=[task.seed], storage=_storage_url(state),
         study_name=f"{task.name}-doubling", device=settings.device, max_batch_size=ceiling,
         progress=settings.progress,
     )
-    wall = time.perf_counter() - start
     best = result.best
     if best is None:
         raise ConfigError(f"the doubling procedure found no batch size that trains {task.name!r}")
-    decision_seconds = float(getattr(result, "wall_seconds", None) or wall)
-    return Choice("doubling", int(best.batch_size), float(best.lr), decision_seconds,
-                  details={"procedure": "doubling from 32 while validation improves",
+    trial_walls = [t.wall_seconds for t in result.trials if math.isfinite(t.wall_seconds)]
+    resumed = not all(t.ran_here for t in result.trials)
+    decision_seconds = sum(trial_walls) if resumed else result.wall_seconds
+    return Choice("doubling", int(best["batch_size"]), float(best["lr"]), decision_seconds,
+                  details={"procedure": "doubling from 32 while time to target improves (1 seed)",
+                           "steps": (result.doubling or {}).get("steps"),
                            "tried": [_trial_brief(t) for t in result.trials]})
 
 
@@ -263,30 +281,53 @@ def grid_configs(task: Task, batch_sizes: Sequence[int], multipliers: Sequence[f
     return configs
 
 
-def run_grid(task: Task, configs: list[tuple[int, float, float | None]], seeds: list[int],
-             first: list[tuple[int, float]], settings: Settings, state: State) -> list[Trial]:
-    """Train every configuration for every seed through the sweep engine (resumable storage)."""
+def run_grid(task: Task, batch_sizes: list[int], configs: list[tuple[int, float, float | None]],
+             seeds: list[int], first: list[tuple[int, float]], settings: Settings,
+             state: State) -> list[Trial]:
+    """Train every configuration for every seed through the sweep engine (resumable storage).
+
+    The sweep runs ``first`` in the order given (adding points that are not in its B × multiplier
+    grid), so the whole grid is passed there: ``first``, then every other configuration shuffled
+    with a fixed seed (the sweep's own order, nearest the anchor first, would run the far batch
+    sizes last, when the machine's load may differ).
+    """
     from batchsage.sweep import run_sweep
 
+    rest = [(batch, lr) for batch, lr, _ in configs if (batch, lr) not in first]
+    random.Random(settings.shuffle_seed).shuffle(rest)
+    ordered_first = list(dict.fromkeys([*first, *rest]))
     result = run_sweep(
         task,
-        configs=[(batch, lr) for batch, lr, _ in configs],
+        batch_sizes=batch_sizes,
+        lr_multipliers=settings.lr_multipliers,
         seeds=seeds,
-        storage=_storage_url(state.path),
+        storage=_storage_url(state),
         study_name=f"{task.name}-grid",
         procedure="grid",
         prune=False,
         censor_factor=settings.censor_factor,
-        first=first,
+        first=ordered_first,
         device=settings.device,
-        shuffle_seed=settings.shuffle_seed,
         progress=settings.progress,
     )
+    unfinished = [t for t in result.trials if not t.finished]
+    if unfinished:
+        raise ConfigError(f"{len(unfinished)} grid trials did not finish; re-run to resume")
     multiplier = {regret_lib.config_key(b, lr): m for b, lr, m in configs}
     trials = [_from_sweep(t, "grid") for t in result.trials]
     for trial in trials:
-        trial.extras["lr_multiplier"] = multiplier.get(trial.key)
+        trial.extras["lr_multiplier"] = _multiplier_of(trial, configs, multiplier)
     return trials
+
+
+def _multiplier_of(trial: Trial, configs: list[tuple[int, float, float | None]],
+                   exact: dict[tuple[int, float, int, int], float | None]) -> float | None:
+    if trial.key in exact:
+        return exact[trial.key]
+    for batch, lr, multiplier in configs:
+        if batch == trial.batch_size and regret_lib.same_lr(lr, trial.lr):
+            return multiplier
+    return None
 
 
 def _from_sweep(record: Any, source: str) -> Trial:
@@ -300,7 +341,7 @@ def _from_sweep(record: Any, source: str) -> Trial:
         steps_to_target=record.steps_to_target,
         measured_seconds_to_target=record.seconds_to_target,
         trial_step_seconds=_float(getattr(record, "step_seconds_median", None)),
-        censored=state.lower() == "censored" or "censor" in stop.lower(),
+        censored=state == "censored",
         diverged=bool(getattr(record, "diverged", False)),
         stop_reason=stop or state,
         train_seconds=_float(getattr(record, "train_seconds", None)),
@@ -313,8 +354,20 @@ def _float(value: Any) -> float:
     return float(value) if value is not None else math.nan
 
 
-def _storage_url(out: Path) -> str:
-    return f"sqlite:///{out.with_suffix('.db').resolve()}"
+#: Where the Optuna storages live by default: under the repository's ignored ``out/``, so the
+#: SQLite files (and their lock files) are never committed with the results.
+STORAGE_DIR = Path(__file__).resolve().parent.parent / "out" / "groundtruth"
+
+
+def storage_path(out: Path, directory: Path | None = None) -> Path:
+    """The SQLite file that holds a result's sweeps: ``out/groundtruth/<result stem>.db``."""
+    return (directory or STORAGE_DIR) / f"{out.stem}.db"
+
+
+def _storage_url(state: State) -> str:
+    path = storage_path(state.path, state.storage_dir)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{path}"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -514,7 +567,7 @@ def run_groundtruth(task_spec: str | Task, out: Path, settings: Settings,
     """Run (or resume) the whole protocol for one task and write ``out``; returns the document."""
     console = console or Console()
     task = load_task(task_spec)
-    state = State.load(out)
+    state = State.load(out, settings.storage_dir)
     document = state.document
     document.update({"task": task.name, "status": "partial"})
     document.setdefault("date", dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
@@ -534,7 +587,7 @@ def run_groundtruth(task_spec: str | Task, out: Path, settings: Settings,
                   f"(B = {batch_sizes[0]}…{batch_sizes[-1]}); {_estimate(state, configs, seeds)}")
     first = [(c.batch_size, c.lr) for name, c in choices.items() if name in ("batchsage", "default32")
              and (c.batch_size, c.lr) in plain]
-    grid = run_grid(task, configs, seeds, first, settings, state)
+    grid = run_grid(task, batch_sizes, configs, seeds, first, settings, state)
 
     step_seconds = regret_lib.step_seconds_by_batch(grid)
     summaries = regret_lib.summarise_configs(grid, step_seconds)
@@ -618,6 +671,8 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, S
     parser.add_argument("--recommend-budget-seconds", type=float, default=None,
                         help="batchsage's decision budget (default: recommend's own default)")
     parser.add_argument("--strategies", default=",".join(strategies.STRATEGIES))
+    parser.add_argument("--storage-dir", type=Path, default=None,
+                        help=f"where the resumable SQLite storage goes (default {STORAGE_DIR})")
     parser.add_argument("--fresh", action="store_true",
                         help="discard a saved partial run instead of resuming it")
     parser.add_argument("--no-progress", action="store_true")
@@ -633,7 +688,7 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, S
         seeds=args.seeds, memory_budget_bytes=budget, device=args.device,
         min_batch_size=args.min_batch_size, max_batch_size=args.max_batch_size,
         censor_factor=args.censor_factor, recommend_budget_seconds=args.recommend_budget_seconds,
-        strategies=names, progress=not args.no_progress,
+        strategies=names, progress=not args.no_progress, storage_dir=args.storage_dir,
     )
     return args, settings
 
@@ -651,7 +706,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args, settings = parse_args(argv)
         out = args.out
         if args.fresh:
-            for path in (args.out, args.out.with_suffix(".db")):
+            for path in (args.out, storage_path(args.out, settings.storage_dir)):
                 path.unlink(missing_ok=True)
         document = run_groundtruth(args.task, args.out, settings, console)
     except BatchsageError as exc:

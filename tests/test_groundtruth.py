@@ -187,12 +187,11 @@ def test_summary_table_has_one_row_per_task_and_the_numbers(tmp_path: Path) -> N
 
 @pytest.mark.slow
 def test_groundtruth_smoke_run_on_a_tiny_task_2x2_grid(tiny_task, tmp_path: Path) -> None:
-    pytest.importorskip("batchsage.sweep", reason="sweep engine not merged yet")
-    pytest.importorskip("batchsage.probe.memory", reason="memory probe not merged yet")
     out = tmp_path / "tiny.json"
     settings = groundtruth.Settings(
         seeds=2, min_batch_size=16, max_batch_size=32, lr_multipliers=(0.5, 1.0),
         recommend_budget_seconds=2.0, strategies=("default32", "max_throughput"), progress=False,
+        storage_dir=tmp_path,
     )
     document = groundtruth.run_groundtruth(tiny_task, out, settings)
     saved = json.loads(out.read_text())
