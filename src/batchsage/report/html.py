@@ -170,6 +170,14 @@ def _probe_rows(memory: Mapping[str, Any]) -> list[list[str]]:
     ]
 
 
+PHASE_LABELS = {
+    "memory": "memory probe",
+    "throughput": "throughput probe",
+    "pilot_a": "pilot A (base batch, noise scale)",
+    "pilot_b": "pilot B (larger batch, calibration)",
+}
+
+
 def _phase_rows(document: Mapping[str, Any]) -> list[dict[str, str]]:
     phases = document.get("phase_seconds") or {}
     total = finite(document.get("decision_seconds")) or sum(filter(None, map(finite, phases.values())))
@@ -177,7 +185,7 @@ def _phase_rows(document: Mapping[str, Any]) -> list[dict[str, str]]:
     for name, seconds in phases.items():
         value = finite(seconds)
         share = 100.0 * value / total if value is not None and total else 0.0
-        rows.append({"name": name.replace("_", " "), "seconds": fmt_seconds(value),
+        rows.append({"name": PHASE_LABELS.get(name, name.replace("_", " ")), "seconds": fmt_seconds(value),
                      "share": f"{share:.0f} %", "width": f"{min(share, 100.0):.1f}"})
     return rows
 

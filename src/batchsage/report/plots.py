@@ -18,7 +18,7 @@ from matplotlib.ticker import FuncFormatter, LogFormatter, LogLocator, NullForma
 
 from batchsage.report.console import finite, fmt, fmt_seconds
 
-FIGURE_SIZE_INCHES = (7.0, 4.2)
+FIGURE_SIZE_INCHES = (7.0, 4.6)
 DPI = 110
 #: Above this max/min ratio a y axis goes logarithmic (times to target can span decades).
 LOG_Y_RATIO = 20.0
@@ -38,6 +38,18 @@ def _figure(title: str) -> tuple[Figure, Axes]:
     axes.set_title(title, fontsize=11, loc="left")
     axes.grid(True, which="major", alpha=0.3)
     return figure, axes
+
+
+def _legend_below(figure: Figure, axes_list: Sequence[Axes], columns: int = 2) -> None:
+    """One legend for all axes, under the plot: inside, it would hide the curves it explains."""
+    handles: list[Any] = []
+    labels: list[str] = []
+    for axes in axes_list:
+        more_handles, more_labels = axes.get_legend_handles_labels()
+        handles += more_handles
+        labels += more_labels
+    if handles:
+        figure.legend(handles, labels, loc="outside lower center", ncol=columns, fontsize=9, frameon=False)
 
 
 def _not_measured(axes: Axes, what: str) -> None:
@@ -120,7 +132,7 @@ def time_to_target(document: Document) -> Figure:
     _maybe_log_y(axes, ys)
     axes.set_ylabel("predicted seconds to target")
     axes.set_xlim(min(xs) / 1.4, max(xs) * 1.4)
-    axes.legend(fontsize=8, loc="best")
+    _legend_below(figure, [axes])
     return figure
 
 
@@ -150,9 +162,10 @@ def throughput(document: Document) -> Figure:
         axes.axvline(chosen, color=COLOR_CHOSEN, linestyle=":", linewidth=1.5,
                      label=f"recommended B={chosen:g}")
     _batch_axis(axes)
+    axes.set_xlim(min(xs) / 1.3, max(xs) * 1.3)
     axes.set_ylim(bottom=0)
     axes.set_ylabel("training samples per second")
-    axes.legend(fontsize=8, loc="best")
+    _legend_below(figure, [axes], columns=3)
     return figure
 
 
@@ -171,6 +184,9 @@ def noise_scale(document: Document) -> Figure:
         steps, values = zip(*positive, strict=True)
         axes.plot(steps, values, marker="o", linestyle="-", color=COLOR_FITS, label="B_simple (measured)")
         _growth_lines(axes, noise, steps)
+    else:
+        axes.text(0.5, 0.5, "B_simple trajectory: not measured", ha="center", va="center",
+                  color=COLOR_MUTED, transform=axes.transAxes)
     if len(positive) < len(points):
         axes.text(0.01, 0.02, f"{len(points) - len(positive)} non-positive estimates not shown",
                   transform=axes.transAxes, fontsize=8, color=COLOR_MUTED)
@@ -181,12 +197,7 @@ def noise_scale(document: Document) -> Figure:
     axes.set_xlabel("training step of the pilot run")
     axes.set_ylabel("noise scale (samples)")
     twin = _loss_twin(axes, trajectory)
-    # One legend for both axes, under the plot: inside, it would hide the curves it explains.
-    handles, labels = axes.get_legend_handles_labels()
-    if twin is not None:
-        more_handles, more_labels = twin.get_legend_handles_labels()
-        handles, labels = handles + more_handles, labels + more_labels
-    figure.legend(handles, labels, loc="outside lower center", ncol=3, fontsize=8, frameon=False)
+    _legend_below(figure, [axes] if twin is None else [axes, twin], columns=3)
     return figure
 
 
@@ -245,7 +256,7 @@ def pilots(document: Document) -> Figure:
                      label=f"target {name} {relation} {target:g}")
     axes.set_xlabel("training samples seen")
     axes.set_ylabel(str(name))
-    axes.legend(fontsize=8, loc="best")
+    _legend_below(figure, [axes])
     return figure
 
 
