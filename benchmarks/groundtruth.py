@@ -167,7 +167,8 @@ def memory_ceiling(task: Task, settings: Settings) -> tuple[int, dict[str, Any]]
         ceiling = task.num_train_samples
         details: dict[str, Any] = {"max_batch_size": ceiling, "source": "training set size"}
     else:
-        probe = probe_memory(task, device=settings.device, budget_bytes=settings.memory_budget_bytes)
+        probe = probe_memory(task, device=settings.device, budget_bytes=settings.memory_budget_bytes,
+                             max_batch_size_limit=settings.max_batch_size)
         ceiling = min(int(probe.max_batch_size), task.num_train_samples)
         details = probe.to_dict() if hasattr(probe, "to_dict") else {}
         details["source"] = "memory probe"

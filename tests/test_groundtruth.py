@@ -213,3 +213,37 @@ def test_groundtruth_smoke_run_on_a_tiny_task_2x2_grid(tiny_task, tmp_path: Path
     # Resuming a finished run starts over only when asked; the rows keep their fields.
     assert set(saved["grid"][0]) >= {"batch_size", "lr", "seed", "reached_target", "seconds_to_target",
                                      "steps_to_target", "step_seconds"}
+
+
+def test_diagnosis_compares_predicted_step_time_steps_and_lr_with_the_grid() -> None:
+    trials = [trial(16, 0.1, s, 200, 0.01) for s in (0, 1)] + [
+        trial(16, 0.2, s, 100, 0.01) for s in (0, 1)] + [
+        trial(32, 0.2, s, 100, 0.02) for s in (0, 1)] + [trial(32, 0.4, s, None, 0.02) for s in (0, 1)]
+    pooled = gt_regret.step_seconds_by_batch(trials)
+    recommendation = {"candidates": [
+        # Right step time, steps predicted 2× too many, lr half the best one.
+        {"batch_size": 16, "accumulation_steps": 1, "step_seconds": 0.01, "predicted_steps": 200,
+         "lr": 0.1, "predicted_seconds": 2.0},
+        # Step time predicted 2× too slow, steps and lr right.
+        {"batch_size": 32, "accumulation_steps": 1, "step_seconds": 0.04, "predicted_steps": 100,
+         "lr": 0.2, "predicted_seconds": 4.0},
+        {"batch_size": 64, "accumulation_steps": 1, "step_seconds": 0.05, "predicted_steps": 90,
+         "lr": 0.4, "predicted_seconds": 4.5},  # not in the grid: skipped
+    ]}
+    report = groundtruth.diagnose(recommendation, trials, pooled)
+    rows = {row["batch_size"]: row for row in report["per_batch"]}
+    assert set(rows) == {16, 32}
+    assert rows[16]["best_lr"] == pytest.approx(0.2) and rows[16]["measured_steps_at_best_lr"] == 100
+    summary = report["summary"]
+    assert summary["step_seconds_log2_error"] == pytest.approx(0.5)  # median of |log2| 0 and 1
+    assert summary["steps_log2_error"] == pytest.approx(0.5)
+    assert summary["lr_log2_error"] == pytest.approx(0.5)
+    assert summary["predicted_best_batch_size"] == 16 and summary["measured_best_batch_size"] == 16
+
+
+def test_command_line_errors_are_one_line_and_exit_2(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "x.json"
+    assert groundtruth.main(["--task", "no-such-task", "--out", str(out)]) == 2
+    assert groundtruth.main(["--task", "linreg", "--strategies", "oracle", "--out", str(out)]) == 2
+    assert "unknown strategies" in capsys.readouterr().out
+    assert not out.exists()
