@@ -38,6 +38,12 @@ from batchsage.training import StepUpdate, TrainingHook, TrainResult, TrainState
 PILOT_BATCH_FACTOR = 8
 #: Validations per pilot: enough points to interpolate the step at which a level was crossed.
 PILOT_VALIDATIONS = 24
+#: Pilot A stops once the validation metric has covered this fraction of the way from its first
+#: value to the target. Learning curves move fastest early, so half the way costs a small part of
+#: the run, and B_simple's growth carries the estimate over the rest (see fit.effective_noise_scale).
+PILOT_PROGRESS = 0.5
+#: ... but not before this many validations, so the level crossing and the growth fit have points.
+PILOT_MIN_VALIDATIONS = 8
 
 
 @dataclass
@@ -181,6 +187,31 @@ class _StopAtLevel(TrainingHook):
 
     def on_step_end(self, state: TrainState) -> StepUpdate | None:
         return StepUpdate(stop=True, reason="pilot level") if self.reached else None
+
+
+class _StopAtProgress(TrainingHook):
+    """Stops pilot A once the metric is ``fraction`` of the way from its first value to the target."""
+
+    def __init__(self, task: Task, fraction: float, min_validations: int) -> None:
+        self.task = task
+        self.fraction = fraction
+        self.min_validations = min_validations
+        self.metrics: list[float] = []
+
+    def progress(self) -> float:
+        if len(self.metrics) < 2 or not all(math.isfinite(m) for m in self.metrics):
+            return 0.0
+        first, last = self.metrics[0], self.metrics[-1]
+        span = self.task.target - first
+        return (last - first) / span if span != 0 else 1.0
+
+    def on_eval(self, state: TrainState, metric: float) -> None:
+        self.metrics.append(metric)
+
+    def on_step_end(self, state: TrainState) -> StepUpdate | None:
+        if len(self.metrics) >= self.min_validations and self.progress() >= self.fraction:
+            return StepUpdate(stop=True, reason="pilot progress")
+        return None
 
 
 class _Phases:
@@ -330,7 +361,7 @@ def _pilot_a(task: Task, device: Any, ceiling: int, seconds: float,
     result = train(
         task, batch_size, lr, device=device, max_seconds=seconds,
         eval_every_samples=_pilot_eval_interval(task, batch_size, seconds, step_seconds),
-        hooks=[monitor],
+        hooks=[monitor, _StopAtProgress(task, PILOT_PROGRESS, PILOT_MIN_VALIDATIONS)],
     )
     return PilotRun.from_result(result, time.perf_counter() - start), monitor
 
