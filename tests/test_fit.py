@@ -72,3 +72,15 @@ def test_power_law_growth_and_its_step_average() -> None:
 def test_power_law_growth_never_extrapolates_a_decline() -> None:
     growth = fit.power_law_growth([10, 20, 40], [100.0, 50.0, 25.0])
     assert growth is not None and growth.exponent == 0.0
+
+
+def test_non_decreasing_pools_a_noisy_dip() -> None:
+    assert plan.non_decreasing([1.0, 3.0, 2.0, 4.0]) == [1.0, 2.5, 2.5, 4.0]
+    assert plan.non_decreasing([1.0, 2.0, 3.0]) == [1.0, 2.0, 3.0]
+
+
+def test_step_time_model_interpolates_and_extrapolates() -> None:
+    model = plan.step_time_model([16, 64, 32], [0.001, 0.004, 0.0005])
+    assert model(8) == pytest.approx(model(16))  # flat below the smallest measurement
+    assert model(16) <= model(32) <= model(64)  # the dip at 32 is pooled away
+    assert model(128) == pytest.approx(2 * model(64))  # linear beyond the largest

@@ -13,6 +13,7 @@ Every function here takes numbers and returns numbers, so it is tested without t
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -167,3 +168,51 @@ def power_of_two_grid(low: int, high: int) -> list[int]:
     if not grid or grid[-1] != high:
         grid.append(high)
     return grid
+
+
+def non_decreasing(values: Sequence[float]) -> list[float]:
+    """Least-squares non-decreasing fit (pool-adjacent-violators) of ``values``, in order.
+
+    A training step never gets cheaper when the batch grows, so a measured t(B) that dips is
+    noise (another process took the cores for a moment); pooling the violators removes the dip
+    without discarding the measurements around it.
+    """
+    blocks: list[list[float]] = []  # [sum, count]
+    for value in values:
+        blocks.append([float(value), 1.0])
+        while len(blocks) > 1 and blocks[-2][0] / blocks[-2][1] > blocks[-1][0] / blocks[-1][1]:
+            total, count = blocks.pop()
+            blocks[-1][0] += total
+            blocks[-1][1] += count
+    fitted: list[float] = []
+    for total, count in blocks:
+        fitted.extend([total / count] * int(count))
+    return fitted
+
+
+def step_time_model(batch_sizes: Sequence[int], step_seconds: Sequence[float]) -> Callable[[int], float]:
+    """t(B) from measured medians: made non-decreasing, interpolated log-log between points.
+
+    Beyond the largest measured batch, step time grows linearly in B from the last point (the
+    hardware is saturated there); below the smallest, it stays at the smallest's time (per-step
+    overhead dominates small batches).
+    """
+    if len(batch_sizes) != len(step_seconds) or not batch_sizes:
+        raise ValueError("need one step time per batch size, and at least one")
+    order = sorted(range(len(batch_sizes)), key=lambda i: batch_sizes[i])
+    sizes = [float(batch_sizes[i]) for i in order]
+    times = non_decreasing([float(step_seconds[i]) for i in order])
+
+    def model(batch_size: int) -> float:
+        b = float(batch_size)
+        if b <= sizes[0]:
+            return times[0]
+        if b >= sizes[-1]:
+            return times[-1] * b / sizes[-1]
+        for (b0, t0), (b1, t1) in itertools.pairwise(zip(sizes, times, strict=True)):
+            if b0 <= b <= b1:
+                weight = (math.log(b) - math.log(b0)) / (math.log(b1) - math.log(b0))
+                return math.exp((1 - weight) * math.log(t0) + weight * math.log(t1))
+        return times[-1]
+
+    return model

@@ -278,18 +278,21 @@ def recommend(
             loaded, device=dev, max_batch_size=ceiling, time_budget_seconds=0.25 * budget_seconds,
             batch_sizes=measured_sizes,
         )
+    step_seconds = plan.step_time_model(
+        [p.batch_size for p in throughput.points], [p.step_seconds_median for p in throughput.points]
+    )
     pilot_seconds = 0.35 * budget_seconds
     with phases.phase("pilot_a", "pilot run at the base batch size, measuring gradient noise"):
-        pilot_a, monitor = _pilot_a(loaded, dev, ceiling, pilot_seconds, throughput.step_seconds)
+        pilot_a, monitor = _pilot_a(loaded, dev, ceiling, pilot_seconds, step_seconds)
     noise = _noise_from_monitor(monitor)
     with phases.phase("pilot_b", "pilot run at a larger batch, calibrating the critical batch"):
-        pilot_b = _pilot_b(loaded, dev, ceiling, pilot_a, noise, pilot_seconds, throughput.step_seconds)
+        pilot_b = _pilot_b(loaded, dev, ceiling, pilot_a, noise, pilot_seconds, step_seconds)
     fitted = fit_plan_parameters(loaded, pilot_a, pilot_b, noise)
     candidates = plan.plan_candidates(
         grid,
         s_min=fitted.s_min,
         b_noise=fitted.b_noise,
-        step_seconds=throughput.step_seconds,
+        step_seconds=step_seconds,
         max_batch_size=ceiling,
         base_batch_size=loaded.base_batch_size,
         base_lr=loaded.base_lr,
