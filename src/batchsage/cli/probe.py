@@ -1,0 +1,81 @@
+"""``batchsage probe``: the memory ceiling and the throughput curve of a task on a device."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from batchsage.cli._app import TASK_HELP, app, console, err_console, fmt, reports_errors, write_json
+from batchsage.errors import ConfigError
+
+
+@app.command("probe")
+@reports_errors
+def probe_command(
+    task: str = typer.Option(..., "--task", help=TASK_HELP),
+    device: str = typer.Option("cpu", "--device", help="cpu, cuda or mps"),
+    memory_budget: str | None = typer.Option(
+        None, "--memory-budget",
+        help="memory a training step may use, e.g. 2GiB or 800MiB (CPU: peak resident memory of the "
+        "training process); default: what this process holds + available memory − 10 %",
+    ),
+    time_budget: float = typer.Option(20.0, "--time-budget", help="seconds for the throughput probe"),
+    max_batch_size: int | None = typer.Option(None, "--max-batch-size", help="never probe beyond this"),
+    json_path: Path | None = typer.Option(None, "--json", help="write the result as JSON here"),
+) -> None:
+    """Measure how much memory a step needs per batch size, the largest batch that fits, and samples/s."""
+    from batchsage.probe import probe
+    from batchsage.task import load_task
+    from batchsage.units import parse_size
+
+    budget_bytes = parse_size(memory_budget) if memory_budget is not None else None
+    if time_budget <= 0:
+        raise ConfigError(f"--time-budget must be positive, got {time_budget:g}")
+    loaded = load_task(task)
+    result = probe(
+        loaded, device=device, memory_budget_bytes=budget_bytes, time_budget_seconds=time_budget,
+        max_batch_size_limit=max_batch_size, progress=True, console=err_console,
+    )
+    _print_result(result)
+    write_json(json_path, result.to_dict())
+
+
+def _print_result(result: object) -> None:
+    from batchsage.probe import ProbeResult
+    from batchsage.units import format_bytes
+
+    assert isinstance(result, ProbeResult)
+    memory = result.memory
+    table = Table(title=f"memory on {result.device}: budget {format_bytes(memory.budget_bytes)}")
+    for column in ("B", "role", "peak", "outcome", "seconds"):
+        table.add_column(column, justify="right" if column != "outcome" else "left")
+    for probe in memory.probes:
+        peak = format_bytes(probe.peak_bytes) if probe.peak_bytes is not None else "-"
+        colour = "green" if probe.fits else "red"
+        table.add_row(str(probe.batch_size), probe.role, peak, f"[{colour}]{probe.outcome}[/]",
+                      f"{probe.seconds:.2f}")
+    console.print(table)
+    console.print(
+        f"mem(B) ≈ {format_bytes(memory.fixed_bytes)} + {format_bytes(memory.per_sample_bytes)}·B  "
+        f"→ ceiling [bold]B={memory.max_batch_size}[/] (limited by {memory.limited_by}; "
+        f"{memory.steps_used} real steps, {memory.seconds:.1f} s)",
+        highlight=False,
+    )
+    for note in memory.notes:
+        console.print(f"  note: {note}", highlight=False)
+    curve = result.throughput
+    table = Table(title=f"throughput on {result.device} ({curve.rounds} rounds, {curve.seconds:.1f} s)")
+    for column in ("B", "median step (ms)", "samples/s", "timed steps", "IQR/median"):
+        table.add_column(column, justify="right")
+    for point in curve.points:
+        table.add_row(
+            str(point.batch_size), fmt(point.step_seconds_median * 1000, ".3f"),
+            fmt(point.samples_per_second, ",.0f"), str(len(point.step_seconds)), fmt(point.spread, ".2f"),
+        )
+    console.print(table)
+    if curve.skipped_batch_sizes:
+        skipped = ", ".join(str(size) for size in curve.skipped_batch_sizes)
+        console.print(f"  not timed (time budget): B={skipped}", highlight=False)
+    console.print(f"probe took {result.probe_seconds:.1f} s", highlight=False)

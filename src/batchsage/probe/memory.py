@@ -1,0 +1,680 @@
+"""The memory ceiling: how much memory a training step needs as a function of the batch size.
+
+Peak memory of one training step grows about linearly in the batch size B (DESIGN.md):
+``mem(B) = fixed + per_sample·B``. :func:`probe_memory` measures a few real steps, fits that line
+near the budget and returns the largest B whose measured step fits, found like this:
+
+1. probe a small batch (``FIRST_BATCH_SIZE``), then one ``GROWTH`` times larger;
+2. the secant through the two largest measured points predicts where the line crosses the budget;
+   one real step there *verifies* the prediction;
+3. if the verified step fits and the line through it predicts no more than ``tolerance`` (5 %)
+   beyond it, that is the ceiling; otherwise the prediction is corrected with the new point
+   (regula falsi once the budget is bracketed) and verified again.
+
+A step that runs out of memory is a data point, never a crash. Every batch size reported as
+fitting was measured by a real step; none is only predicted.
+
+How a step is measured depends on the device (one small class each, same interface):
+
+* CPU — :class:`ForkedPeakRSSMeter`: the budget is the **peak resident memory (RSS) of a training
+  process** — Python, torch, the data set, model, optimiser state, gradients and activations.
+  Each step runs in a child forked from this process (after torch is imported, so no child pays
+  the import) whose data segment is limited by ``setrlimit(RLIMIT_DATA)`` to a little more than the
+  budget: a step that would need far more fails inside the child and the parent survives. The
+  child reads its own high-water mark ``VmHWM`` from ``/proc/self/status`` (reset at fork to the
+  child's resident size, so it counts what the step touches on top of the inherited pages).
+  The child runs with one intra-op thread: GNU OpenMP's thread pool does not survive ``fork``.
+* CUDA/MPS — :class:`AllocatorPeakMeter`: in this process, the allocator's peak statistic
+  (``torch.cuda.max_memory_allocated`` after ``reset_peak_memory_stats``, via the Device layer);
+  out-of-memory errors are caught and the cache is emptied. Written against PyTorch's documented
+  API but not run on a GPU by this project yet.
+
+The caller's model, optimiser and random-number state are never touched: every step builds a
+fresh model from ``task.make_model()`` (in a child on CPU; a copy under a forked RNG elsewhere).
+"""
+
+from __future__ import annotations
+
+import copy
+import gc
+import json
+import math
+import os
+import random
+import resource
+import select
+import signal
+import sys
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+import numpy as np
+import psutil
+import torch
+from torch import nn
+
+from batchsage.data import BatchStream, move_to
+from batchsage.device import Device, is_out_of_memory, resolve_device
+from batchsage.errors import BatchsageError, ConfigError
+from batchsage.task import Task
+from batchsage.training import accumulate_gradients
+from batchsage.units import format_bytes
+
+#: The first probe's batch size: small enough to be cheap, large enough that per-batch effects of
+#: B=1 (kernels chosen for tiny shapes, workspace buffers) do not dominate the slope.
+FIRST_BATCH_SIZE = 8
+#: The second probe is this many times the first: far enough apart for a measurable slope.
+GROWTH = 16
+#: Predictions aim this fraction of the predicted crossing, so the verifying step usually fits.
+AIM = 0.98
+#: The default budget keeps this fraction of the available memory free (allocator fragmentation,
+#: other processes, measurement error).
+DEFAULT_MARGIN_FRACTION = 0.10
+#: A CPU child may grow this fraction of its headroom beyond the budget before its allocations fail:
+#: a step slightly over budget still completes and gives a measured point for the fit.
+OVERSHOOT_FRACTION = 0.25
+#: A CPU child never grows beyond this fraction of the memory the machine has available now.
+MACHINE_FRACTION = 0.8
+#: A measuring child that has not answered after this long is killed and the probe fails.
+CHILD_TIMEOUT_SECONDS = 900.0
+
+Outcome = Literal["fits", "over budget", "out of memory", "killed"]
+Role = Literal["probe", "verify"]
+
+
+class MemoryBudgetError(ConfigError):
+    """The memory budget is too small for even one training sample."""
+
+
+class ProbeError(BatchsageError):
+    """A probe step failed for a reason other than memory (the task's code raised)."""
+
+
+@dataclass
+class MemoryProbe:
+    """One real training step at ``batch_size`` and its peak memory.
+
+    Attributes:
+        batch_size: samples in the measured step.
+        peak_bytes: peak memory of the step (see the module docstring for what is counted);
+            None when the step ran out of memory before it finished.
+        fits: the step finished and its peak is within the budget.
+        outcome: "fits", "over budget" (finished above the budget), "out of memory" or "killed".
+        role: "probe" (to fit the line) or "verify" (a predicted ceiling checked by a real step).
+        baseline_bytes: memory held before the step (process resident size on CPU, allocated
+            bytes elsewhere).
+        seconds: wall-clock time of the measurement.
+    """
+
+    batch_size: int
+    peak_bytes: int | None
+    fits: bool
+    outcome: Outcome = "fits"
+    role: Role = "probe"
+    baseline_bytes: int | None = None
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "batch_size": self.batch_size,
+            "peak_bytes": self.peak_bytes,
+            "fits": self.fits,
+            "outcome": self.outcome,
+            "role": self.role,
+            "seconds": self.seconds,
+        }
+
+
+@dataclass
+class MemoryProfile:
+    """The fitted memory model and the ceiling under a budget.
+
+    Attributes:
+        budget_bytes: the memory a training step may use.
+        fixed_bytes, per_sample_bytes: ``mem(B) = fixed + per_sample·B``, the line through the
+            measured points nearest the ceiling (it describes memory near the ceiling best).
+        max_batch_size: the largest batch size measured to fit (capped at the data set size).
+        limited_by: "memory", "dataset" (every training sample fits in one step) or "limit"
+            (the caller's ``max_batch_size_limit``).
+        probes: every measured step, in order.
+        steps_used: real training steps measured (one per probe).
+        seconds: wall-clock time of the whole probe.
+        budget_source: "given" or how the default was derived.
+    """
+
+    budget_bytes: int
+    fixed_bytes: int
+    per_sample_bytes: float
+    max_batch_size: int
+    limited_by: Literal["memory", "dataset", "limit"]
+    probes: list[MemoryProbe]
+    steps_used: int
+    seconds: float
+    dataset_size: int
+    device: str = "cpu"
+    budget_source: str = "given"
+    meter: str = ""
+    notes: list[str] = field(default_factory=list)
+
+    def predict_bytes(self, batch_size: int) -> int:
+        """Predicted peak bytes of a step at ``batch_size`` (the fitted line)."""
+        return round(self.fixed_bytes + self.per_sample_bytes * batch_size)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "budget_bytes": self.budget_bytes,
+            "fixed_bytes": self.fixed_bytes,
+            "per_sample_bytes": self.per_sample_bytes,
+            "max_batch_size": self.max_batch_size,
+            "limited_by": self.limited_by,
+            "dataset_size": self.dataset_size,
+            "steps_used": self.steps_used,
+            "seconds": self.seconds,
+            "budget_source": self.budget_source,
+            "meter": self.meter,
+            "notes": list(self.notes),
+            "probes": [probe.to_dict() for probe in self.probes],
+        }
+
+
+# --------------------------------------------------------------------------------------------
+# Measuring one step
+# --------------------------------------------------------------------------------------------
+
+
+class StepMemoryMeter(Protocol):
+    """Measures the peak memory of one training step at a batch size, against a budget."""
+
+    name: str
+
+    def measure(self, batch_size: int, budget_bytes: int) -> MemoryProbe: ...
+
+    def default_budget_bytes(self) -> tuple[int, str]: ...
+
+
+def run_training_steps(task: Task, model: nn.Module, batch_size: int, device: Device) -> None:
+    """A warm step at B=1 (creates the optimiser state, as in steady training), then one at B.
+
+    The peak of the second step is the steady-state peak: parameters, optimiser state, the batch,
+    activations and gradients all alive together, as in every step after the first.
+    """
+    optimizer = task.make_optimizer(model.parameters(), task.base_lr)
+    stream = BatchStream(task.train_data, seed=task.seed)
+    for size in (1, batch_size):
+        batch = move_to(stream.next_batch(size), device.torch_device)
+        optimizer.zero_grad(set_to_none=True)
+        loss = accumulate_gradients(model, batch, task.loss_fn, 1)
+        if math.isfinite(loss):
+            optimizer.step()
+        del batch
+    device.synchronize()
+
+
+class ForkedPeakRSSMeter:
+    """CPU: peak resident memory of a forked child that runs the step (see the module docstring)."""
+
+    name = "peak RSS of a forked child (VmHWM), one intra-op thread"
+
+    def __init__(self, task: Task) -> None:
+        if not hasattr(os, "fork"):
+            raise ConfigError("measuring CPU memory needs os.fork (Linux or macOS)")
+        self.task = task
+        self._warm_imports()
+
+    def _warm_imports(self) -> None:
+        # The first optimiser built in a process imports torch's optimiser machinery (seconds);
+        # doing it once here means no child pays it.
+        with preserved_rng():
+            self.task.make_optimizer(nn.Linear(1, 1).parameters(), self.task.base_lr)
+
+    def default_budget_bytes(self) -> tuple[int, str]:
+        available = psutil.virtual_memory().available
+        resident = psutil.Process().memory_info().rss
+        budget = resident + int(available * (1 - DEFAULT_MARGIN_FRACTION))
+        return budget, (
+            f"this process's resident memory ({format_bytes(resident)}) + available RAM "
+            f"({format_bytes(available)}) − {DEFAULT_MARGIN_FRACTION:.0%} margin"
+        )
+
+    def measure(self, batch_size: int, budget_bytes: int) -> MemoryProbe:
+        start = time.perf_counter()
+        # Growth the child may have beyond its starting size: the budget plus some overshoot
+        # (so a step slightly over budget still gives a point), never most of the free RAM.
+        machine_bytes = int(psutil.virtual_memory().available * MACHINE_FRACTION)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        read_fd, write_fd = os.pipe()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # "multi-threaded, use of fork()"
+            pid = os.fork()
+        if pid == 0:  # pragma: no cover - runs in the child, reports through the pipe
+            os.close(read_fd)
+            _child_main(self.task, batch_size, budget_bytes, machine_bytes, write_fd)
+        os.close(write_fd)
+        report, status = _collect_child(pid, read_fd, batch_size)
+        return _probe_from_report(report, status, batch_size, budget_bytes, time.perf_counter() - start)
+
+
+def _child_main(task: Task, batch_size: int, budget_bytes: int, machine_bytes: int,
+                write_fd: int) -> None:  # pragma: no cover - runs in the child
+    signal.signal(signal.SIGINT, signal.SIG_DFL)  # Ctrl-C ends the child at once
+    report: dict[str, Any] = {}
+    try:
+        torch.set_num_threads(1)  # libgomp's pool does not survive fork: more threads would hang
+        status = _proc_status()
+        report["baseline"] = status["VmRSS"]
+        overshoot = int(max(budget_bytes - status["VmRSS"], 0) * OVERSHOOT_FRACTION)
+        growth = max(min(budget_bytes + overshoot - status["VmRSS"], machine_bytes), 0)
+        limit = status["VmData"] + growth
+        _soft, hard = resource.getrlimit(resource.RLIMIT_DATA)
+        if hard != resource.RLIM_INFINITY:
+            limit = min(limit, hard)
+        resource.setrlimit(resource.RLIMIT_DATA, (limit, hard))
+        torch.manual_seed(task.seed)
+        model = task.make_model()
+        run_training_steps(task, model, batch_size, Device(torch.device("cpu")))
+        report["peak"] = _proc_status()["VmHWM"]
+        report["outcome"] = "finished"
+    except BaseException as exc:  # the child must always answer
+        report["outcome"] = "out of memory" if is_out_of_memory(exc) else "error"
+        report["error"] = f"{type(exc).__name__}: {str(exc)[:300]}"
+    # Leaving the except block freed the failed step's tensors; the report needs little memory.
+    try:
+        report["hwm"] = _proc_status().get("VmHWM")
+        os.write(write_fd, json.dumps(report).encode())
+    finally:
+        os._exit(0)
+
+
+def _proc_status() -> dict[str, int]:
+    """VmRSS, VmHWM, VmData of this process in bytes (Linux); ru_maxrss where /proc is missing."""
+    values: dict[str, int] = {}
+    try:
+        with open("/proc/self/status") as handle:
+            for line in handle:
+                key, _, rest = line.partition(":")
+                if key in ("VmRSS", "VmHWM", "VmData"):
+                    values[key] = int(rest.split()[0]) * 1024
+    except OSError:
+        pass
+    if "VmHWM" not in values:  # macOS: ru_maxrss in bytes there (kilobytes on Linux)
+        usage = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        scale = 1 if sys.platform == "darwin" else 1024
+        rss = psutil.Process().memory_info()
+        values = {"VmRSS": rss.rss, "VmHWM": usage * scale, "VmData": rss.vms}
+    return values
+
+
+def _collect_child(pid: int, read_fd: int, batch_size: int) -> tuple[dict[str, Any], int]:
+    """Read the child's JSON report; kill it on timeout or Ctrl-C. Returns (report, wait status)."""
+    chunks: list[bytes] = []
+    deadline = time.monotonic() + CHILD_TIMEOUT_SECONDS
+    try:
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise ProbeError(
+                    f"memory probe at batch size {batch_size} did not finish in "
+                    f"{CHILD_TIMEOUT_SECONDS:.0f} s"
+                )
+            ready, _, _ = select.select([read_fd], [], [], min(remaining, 1.0))
+            if not ready:
+                continue
+            chunk = os.read(read_fd, 65536)
+            if not chunk:
+                break
+            chunks.append(chunk)
+    except BaseException:
+        _kill_child(pid)
+        raise
+    finally:
+        os.close(read_fd)
+    _, status = os.waitpid(pid, 0)
+    text = b"".join(chunks).decode() or "{}"
+    try:
+        return json.loads(text), status
+    except json.JSONDecodeError:
+        return {}, status
+
+
+def _kill_child(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+    except (ProcessLookupError, ChildProcessError):
+        pass
+
+
+def _probe_from_report(report: dict[str, Any], status: int, batch_size: int, budget_bytes: int,
+                       seconds: float) -> MemoryProbe:
+    outcome = report.get("outcome")
+    baseline = report.get("baseline")
+    if outcome == "finished":
+        peak = int(report["peak"])
+        fits = peak <= budget_bytes
+        return MemoryProbe(batch_size, peak, fits, "fits" if fits else "over budget",
+                           baseline_bytes=baseline, seconds=seconds)
+    if outcome == "out of memory":
+        return MemoryProbe(batch_size, None, False, "out of memory", baseline_bytes=baseline,
+                           seconds=seconds)
+    if outcome == "error":
+        raise ProbeError(f"a training step at batch size {batch_size} failed: {report.get('error')}")
+    # No report: the child died, most likely killed by the kernel for want of memory.
+    how = f"signal {os.WTERMSIG(status)}" if os.WIFSIGNALED(status) else f"exit {os.WEXITSTATUS(status)}"
+    if os.WIFSIGNALED(status) and os.WTERMSIG(status) in (signal.SIGKILL, signal.SIGABRT):
+        return MemoryProbe(batch_size, None, False, "killed", baseline_bytes=baseline, seconds=seconds)
+    raise ProbeError(f"the memory probe at batch size {batch_size} died ({how}) without a report")
+
+
+class AllocatorPeakMeter:
+    """CUDA/MPS: the allocator's peak bytes of a step run in this process; OOM is caught.
+
+    Not run on a GPU by this project yet (no GPU here); follows PyTorch's documented API.
+    """
+
+    name = "allocator peak (max_memory_allocated)"
+
+    def __init__(self, task: Task, device: Device) -> None:
+        self.task = task
+        self.device = device
+
+    def default_budget_bytes(self) -> tuple[int, str]:
+        self.device.empty_cache()
+        self.device.reset_peak_memory()
+        allocated = self.device.peak_memory_bytes() or 0
+        free = self.device.available_memory_bytes()
+        budget = allocated + int(free * (1 - DEFAULT_MARGIN_FRACTION))
+        return budget, (
+            f"allocated now ({format_bytes(allocated)}) + free device memory ({format_bytes(free)}) "
+            f"− {DEFAULT_MARGIN_FRACTION:.0%} margin"
+        )
+
+    def measure(self, batch_size: int, budget_bytes: int) -> MemoryProbe:
+        start = time.perf_counter()
+        dev = self.device
+        dev.empty_cache()
+        dev.reset_peak_memory()
+        baseline = dev.peak_memory_bytes()
+        out_of_memory = False
+        with preserved_rng(dev):
+            torch.manual_seed(self.task.seed)
+            try:
+                model = fresh_model(self.task).to(dev.torch_device)
+                run_training_steps(self.task, model, batch_size, dev)
+            except Exception as exc:
+                if not is_out_of_memory(exc):
+                    raise ProbeError(
+                        f"a training step at batch size {batch_size} failed: {type(exc).__name__}: {exc}"
+                    ) from exc
+                out_of_memory = True  # handled below, once the traceback's tensors are gone
+            model = None  # release the parameters before emptying the cache
+        peak = None if out_of_memory else dev.peak_memory_bytes()
+        dev.empty_cache()
+        seconds = time.perf_counter() - start
+        if peak is None:
+            return MemoryProbe(batch_size, None, False, "out of memory", baseline_bytes=baseline,
+                               seconds=seconds)
+        fits = peak <= budget_bytes
+        return MemoryProbe(batch_size, peak, fits, "fits" if fits else "over budget",
+                           baseline_bytes=baseline, seconds=seconds)
+
+
+def make_meter(task: Task, device: Device) -> StepMemoryMeter:
+    """The meter for ``device``: a forked child on CPU, the allocator's statistics elsewhere."""
+    if device.type == "cpu":
+        return ForkedPeakRSSMeter(task)
+    return AllocatorPeakMeter(task, device)
+
+
+@contextmanager
+def preserved_rng(device: Device | None = None) -> Iterator[None]:
+    """Restore torch's (and the device's), Python's and NumPy's global RNG state afterwards."""
+    devices = [device.torch_device] if device is not None and device.type == "cuda" else []
+    python_state = random.getstate()
+    numpy_state = np.random.get_state()
+    try:
+        with torch.random.fork_rng(devices=devices):
+            yield
+    finally:
+        random.setstate(python_state)
+        np.random.set_state(numpy_state)
+
+
+def fresh_model(task: Task) -> nn.Module:
+    """``task.make_model()``, copied, so that a factory returning a shared instance is not trained."""
+    model = task.make_model()
+    try:
+        return copy.deepcopy(model)
+    except Exception:  # an uncopyable model: the factory is trusted to return a fresh one
+        return model
+
+
+# --------------------------------------------------------------------------------------------
+# Finding the ceiling
+# --------------------------------------------------------------------------------------------
+
+
+def search_ceiling(
+    measure: Callable[[int], MemoryProbe],
+    budget_bytes: int,
+    cap: int,
+    *,
+    tolerance: float = 0.05,
+    max_steps: int = 6,
+    first_batch_size: int = FIRST_BATCH_SIZE,
+    on_probe: Callable[[MemoryProbe], None] | None = None,
+) -> list[MemoryProbe]:
+    """Measure steps until the largest fitting batch size ≤ ``cap`` is known within ``tolerance``.
+
+    ``measure(B)`` runs one real step and returns its :class:`MemoryProbe`. Returns every probe,
+    in order; the ceiling is the largest fitting batch among them. Device-independent, so that
+    it can be tested against synthetic memory curves.
+
+    Raises MemoryBudgetError when even one sample does not fit.
+    """
+    probes: list[MemoryProbe] = []
+
+    def run(batch_size: int, role: Role) -> MemoryProbe:
+        probe = measure(batch_size)
+        probe.role = role
+        probes.append(probe)
+        if on_probe is not None:
+            on_probe(probe)
+        return probe
+
+    if not run(min(cap, first_batch_size), "probe").fits and probes[0].batch_size > 1:
+        run(1, "probe")
+    if not any(p.fits for p in probes):
+        raise MemoryBudgetError(_too_small_message(probes[-1], budget_bytes))
+    while len(probes) < max_steps:
+        low, high = _bracket(probes)
+        if low.batch_size >= cap or (high is not None and high.batch_size <= low.batch_size + 1):
+            break
+        crossing = estimate_crossing(probes, budget_bytes)
+        if crossing is not None and crossing <= low.batch_size * (1 + tolerance):
+            break
+        next_size, role = _next_batch_size(low, high, crossing, cap)
+        run(next_size, role)
+    return probes
+
+
+def _too_small_message(probe: MemoryProbe, budget_bytes: int) -> str:
+    head = f"memory budget {format_bytes(budget_bytes)} is too small for one training sample:"
+    held = (
+        f" the process already holds {format_bytes(probe.baseline_bytes)} before the step"
+        if probe.baseline_bytes is not None
+        else ""
+    )
+    if probe.peak_bytes is not None:
+        return f"{head} a step at batch size {probe.batch_size} peaks at {format_bytes(probe.peak_bytes)}" + (
+            f" ({held.strip()})" if held else ""
+        )
+    return f"{head} a step at batch size {probe.batch_size} ran out of memory" + (f";{held}" if held else "")
+
+
+def _bracket(probes: list[MemoryProbe]) -> tuple[MemoryProbe, MemoryProbe | None]:
+    """The largest fitting probe, and the smallest non-fitting one above it (if any)."""
+    low = max((p for p in probes if p.fits), key=lambda p: p.batch_size)
+    above = [p for p in probes if not p.fits and p.batch_size > low.batch_size]
+    return low, min(above, key=lambda p: p.batch_size) if above else None
+
+
+def estimate_crossing(probes: list[MemoryProbe], budget_bytes: int) -> float | None:
+    """Batch size where the memory line crosses the budget, from the points nearest it.
+
+    Regula falsi between the largest fitting and the smallest over-budget measured step when the
+    budget is bracketed by two measured peaks; otherwise the secant through the two largest
+    fitting steps, extrapolated. ``inf`` when memory did not grow between them; None when there
+    is only one measured point.
+    """
+    low, high = _bracket(probes)
+    if high is not None and high.peak_bytes is not None and high.peak_bytes > low.peak_bytes:
+        slope = (high.peak_bytes - low.peak_bytes) / (high.batch_size - low.batch_size)
+        return low.batch_size + (budget_bytes - low.peak_bytes) / slope
+    below = [p for p in probes if p.fits and p.batch_size < low.batch_size]
+    if not below or low.peak_bytes is None:
+        return None
+    previous = max(below, key=lambda p: p.batch_size)
+    slope = (low.peak_bytes - previous.peak_bytes) / (low.batch_size - previous.batch_size)
+    crossing = math.inf if slope <= 0 else low.batch_size + (budget_bytes - low.peak_bytes) / slope
+    if high is not None:  # an out-of-memory step above: the ceiling is below it whatever the line says
+        crossing = min(crossing, high.batch_size - 1)
+    return crossing
+
+
+def _next_batch_size(low: MemoryProbe, high: MemoryProbe | None, crossing: float | None,
+                     cap: int) -> tuple[int, Role]:
+    upper = cap if high is None else high.batch_size - 1
+    if crossing is None:  # no slope yet: grow geometrically, or halve the bracket in log space
+        guess = low.batch_size * GROWTH if high is None else math.sqrt(low.batch_size * high.batch_size)
+        return max(low.batch_size + 1, min(upper, int(guess))), "probe"
+    if math.isinf(crossing):
+        target = upper if high is None else math.sqrt(low.batch_size * high.batch_size)
+    else:
+        target = crossing * AIM
+    return max(low.batch_size + 1, min(upper, int(target))), "verify"
+
+
+def fit_line(probes: list[MemoryProbe]) -> tuple[int, float]:
+    """(fixed_bytes, per_sample_bytes) of the line through the measured points nearest the ceiling."""
+    low, high = _bracket(probes)
+    assert low.peak_bytes is not None
+    if high is not None and high.peak_bytes is not None and high.peak_bytes > low.peak_bytes:
+        other = high
+    else:
+        below = [p for p in probes if p.fits and p.batch_size < low.batch_size]
+        if not below:
+            return low.peak_bytes, 0.0
+        other = max(below, key=lambda p: p.batch_size)
+    assert other.peak_bytes is not None
+    slope = max((low.peak_bytes - other.peak_bytes) / (low.batch_size - other.batch_size), 0.0)
+    return round(low.peak_bytes - slope * low.batch_size), slope
+
+
+# --------------------------------------------------------------------------------------------
+# The public entry point
+# --------------------------------------------------------------------------------------------
+
+
+def probe_memory(
+    task: Task,
+    device: str | Device | None = "cpu",
+    budget_bytes: int | None = None,
+    max_batch_size_limit: int | None = None,
+    *,
+    tolerance: float = 0.05,
+    max_steps: int = 6,
+    on_probe: Callable[[MemoryProbe], None] | None = None,
+    meter: StepMemoryMeter | None = None,
+) -> MemoryProfile:
+    """Fit ``mem(B) = fixed + per_sample·B`` and find the largest batch size within the budget.
+
+    Args:
+        task: the training problem (its model, optimiser and data are used; nothing is kept).
+        device: "cpu", "cuda", "mps" or a Device.
+        budget_bytes: memory a training step may use (on CPU: peak resident memory of the
+            training process). Default: what this process holds now plus the available memory,
+            less ``DEFAULT_MARGIN_FRACTION`` of the available memory.
+        max_batch_size_limit: never probe beyond this batch size.
+        tolerance: stop once the ceiling is known within this fraction.
+        max_steps: at most this many real steps (probes and verifications together).
+        on_probe: called after each measured step (progress display).
+        meter: how a step is measured (default: chosen by the device).
+
+    The batch size never exceeds the number of training samples; when every sample fits in one
+    step, ``limited_by`` says "dataset".
+    """
+    start = time.perf_counter()
+    dev = resolve_device(device)
+    dataset_size = task.num_train_samples
+    cap = dataset_size
+    if max_batch_size_limit is not None:
+        if isinstance(max_batch_size_limit, bool) or not isinstance(max_batch_size_limit, int) or (
+            max_batch_size_limit <= 0
+        ):
+            raise ConfigError(
+                f"max_batch_size_limit must be a positive integer, got {max_batch_size_limit!r}"
+            )
+        cap = min(cap, max_batch_size_limit)
+    if not 0 < tolerance < 1:
+        raise ConfigError(f"tolerance must be between 0 and 1, got {tolerance!r}")
+    if max_steps < 3:
+        raise ConfigError(f"max_steps must be at least 3 (two probes and a verification), got {max_steps}")
+    meter = meter or make_meter(task, dev)
+    if budget_bytes is None:
+        budget, source = meter.default_budget_bytes()
+    else:
+        if isinstance(budget_bytes, bool) or not isinstance(budget_bytes, int) or budget_bytes <= 0:
+            raise ConfigError(f"memory budget must be a positive number of bytes, got {budget_bytes!r}")
+        budget, source = budget_bytes, "given"
+    probes = search_ceiling(
+        lambda size: meter.measure(size, budget), budget, cap, tolerance=tolerance,
+        max_steps=max_steps, on_probe=on_probe,
+    )
+    gc.collect()
+    low, _high = _bracket(probes)
+    fixed, per_sample = fit_line(probes)
+    if low.batch_size < cap:
+        limited_by: Literal["memory", "dataset", "limit"] = "memory"
+    else:
+        limited_by = "dataset" if cap == dataset_size else "limit"
+    notes = _notes(probes, budget, cap, low.batch_size, limited_by, tolerance)
+    return MemoryProfile(
+        budget_bytes=budget,
+        fixed_bytes=fixed,
+        per_sample_bytes=per_sample,
+        max_batch_size=low.batch_size,
+        limited_by=limited_by,
+        probes=probes,
+        steps_used=len(probes),
+        seconds=time.perf_counter() - start,
+        dataset_size=dataset_size,
+        device=str(dev),
+        budget_source=source,
+        meter=meter.name,
+        notes=notes,
+    )
+
+
+def _notes(probes: list[MemoryProbe], budget: int, cap: int, ceiling: int, limited_by: str,
+           tolerance: float) -> list[str]:
+    notes: list[str] = []
+    if limited_by == "dataset":
+        notes.append(
+            f"all {cap} training samples fit in one step: the data set, not memory, sets the ceiling"
+        )
+    elif limited_by == "limit":
+        notes.append(f"stopped at the requested limit of {cap}")
+    else:
+        crossing = estimate_crossing(probes, budget)
+        if crossing is not None and math.isfinite(crossing) and crossing > ceiling * (1 + tolerance):
+            notes.append(
+                f"step limit reached: the line predicts up to B≈{crossing:.0f}, measured up to {ceiling}"
+            )
+    if any(p.outcome in ("out of memory", "killed") for p in probes):
+        notes.append("a probe ran out of memory in its child process; it counts as not fitting")
+    return notes
