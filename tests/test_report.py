@@ -155,20 +155,27 @@ def test_html_shows_answer_and_escapes_text(report: tuple[dict[str, Any], dict[s
     assert positions == sorted(positions)
 
 
-def test_console_table_lists_candidates_and_answer() -> None:
+def _table_batch_sizes(text: str) -> list[int]:
+    """The B column of the candidates table (rows are the lines with "micro × acc" in them)."""
+    rows = [line.split() for line in text.splitlines() if re.search(r"\d+ × \d+", line)]
+    return [int(row[1] if row[0] == "→" else row[0]) for row in rows]
+
+
+@pytest.mark.parametrize("width", [160, 80])
+def test_console_table_lists_candidates_and_answer(width: int) -> None:
     document = make_document()
-    console = Console(record=True, width=160, color_system=None)
+    document["candidates"][-1]["step_seconds"] = 1.2345  # ms ≥ 1000 prints as "1,234", never 1.23e+03
+    console = Console(record=True, width=width, color_system=None)
     print_recommendation(document, console)
     text = console.export_text()
-    rows = [line for line in text.splitlines() if " × " in line and line.startswith("│")]
-    assert [int(row.split("│")[1].strip(" →")) for row in rows] == [8, 16, 32, 64, 128, 256, 512, 1024]
-    assert "→ 128" in text
+    assert _table_batch_sizes(text) == [8, 16, 32, 64, 128, 256, 512, 1024]  # one line per row, no wrap
+    assert "…" not in text and "e+" not in text
+    assert "→ 128" in text and "1,234" in text
     assert "256 × 2" in text and "256 × 4" in text  # accumulation beyond the ceiling of 256
-    assert "no (accumulate)" in text
     assert "[bold]because[/bold]" in text  # explanation printed as text, not parsed as Rich markup
-    last = text.strip().splitlines()[-1]
-    assert last.startswith("Use batch size 128, lr")
-    assert "decided in 7.9 s" in last
+    answer = " ".join(text.strip().split("\n\n")[-1].split())
+    assert answer.startswith("Use batch size 128, lr")
+    assert answer.endswith("(decided in 7.9 s).")
 
 
 def test_accumulated_recommendation_is_stated() -> None:

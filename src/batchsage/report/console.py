@@ -11,6 +11,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+from rich import box
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
@@ -44,6 +45,15 @@ def fmt_batch(value: Any) -> str:
     """A batch size as people write it: 1024, not 1,024."""
     number = finite(value)
     return MISSING if number is None else str(round(number))
+
+
+def fmt_ms(seconds: Any) -> str:
+    """Seconds as milliseconds with three significant digits, never in exponent notation."""
+    value = finite(seconds)
+    if value is None:
+        return MISSING
+    milliseconds = value * 1000.0
+    return f"{milliseconds:,.0f}" if milliseconds >= 100 else f"{milliseconds:.3g}"
 
 
 def fmt_seconds(value: Any) -> str:
@@ -111,12 +121,16 @@ def candidates_table(document: Mapping[str, Any]) -> Table:
     if metric.get("name") is not None:
         relation = "≥" if metric.get("higher_is_better", True) else "≤"
         title += f" — time to {metric['name']} {relation} {fmt(metric.get('target'), 'g')}"
-    table = Table(title=Text(title), title_justify="left")
-    for header in ("B", "micro × acc", "lr", "warmup", "pred. steps", "step ms", "pred. time", "fits memory"):
-        table.add_column(header, justify="left" if header in ("micro × acc", "fits memory") else "right")
+    # Compact (no vertical rules, short headers): the table must fit an 80-column terminal.
+    table = Table(
+        title=Text(title), title_justify="left", box=box.SIMPLE_HEAD, caption_justify="left",
+        caption="steps, time: predicted to reach the target; step ms: time per optimiser step; "
+        "fits: the batch fits in memory in one pass",
+    )
+    for header in ("B", "micro×acc", "lr", "warmup", "steps", "step ms", "time", "fits"):
+        table.add_column(header, justify="left" if header in ("micro×acc", "fits") else "right", no_wrap=True)
     for candidate in document.get("candidates") or []:
         chosen = is_recommended(candidate, document)
-        step_seconds = finite(candidate.get("step_seconds"))
         fits = candidate.get("fits_memory")
         table.add_row(
             ("→ " if chosen else "") + fmt_batch(candidate.get("batch_size")),
@@ -124,9 +138,9 @@ def candidates_table(document: Mapping[str, Any]) -> Table:
             fmt(candidate.get("lr"), ".3g"),
             fmt_int(candidate.get("warmup_steps")),
             fmt_int(candidate.get("predicted_steps")),
-            fmt(None if step_seconds is None else step_seconds * 1000, ".3g"),
+            fmt_ms(candidate.get("step_seconds")),
             fmt_seconds(candidate.get("predicted_seconds")),
-            MISSING if fits is None else ("yes" if fits else "no (accumulate)"),
+            MISSING if fits is None else ("yes" if fits else "no"),
             style="bold green" if chosen else None,
         )
     return table

@@ -26,6 +26,7 @@ from batchsage.report.console import (
     fmt_batch,
     fmt_bytes,
     fmt_int,
+    fmt_ms,
     fmt_seconds,
     fmt_split,
     is_recommended,
@@ -44,8 +45,9 @@ PLOT_CAPTIONS: dict[str, tuple[str, str]] = {
     ),
     "throughput.png": (
         "Throughput",
-        "Training samples per second measured at each batch size (median over timed steps). Where "
-        "the curve flattens, the hardware is full and a larger batch no longer speeds up each sample.",
+        "Training samples per second measured at each probed batch size (points, median over timed "
+        "steps) and the step-time model the plan used for every candidate (dashed). Where the curve "
+        "flattens, the hardware is full and a larger batch no longer speeds up each sample.",
     ),
     "noise_scale.png": (
         "Gradient noise scale",
@@ -86,15 +88,13 @@ def _answer_cards(document: Mapping[str, Any]) -> list[dict[str, str]]:
 def _candidate_rows(document: Mapping[str, Any]) -> list[dict[str, Any]]:
     rows = []
     for c in document.get("candidates") or []:
-        step_seconds = finite(c.get("step_seconds"))
         fits = c.get("fits_memory")
         rows.append({
             "recommended": is_recommended(c, document),
             "cells": [
                 fmt_batch(c.get("batch_size")), fmt_split(c), fmt(c.get("lr"), ".3g"),
                 fmt_int(c.get("warmup_steps")), fmt_int(c.get("predicted_steps")),
-                fmt(None if step_seconds is None else step_seconds * 1000, ".3g"),
-                fmt_seconds(c.get("predicted_seconds")),
+                fmt_ms(c.get("step_seconds")), fmt_seconds(c.get("predicted_seconds")),
                 MISSING if fits is None else ("yes" if fits else "no: accumulate"),
             ],
         })
@@ -136,9 +136,9 @@ def _format_by_unit(key: str, value: Any) -> str:
     """A scalar shown by the unit its key names (``_bytes``, ``_seconds``)."""
     if isinstance(value, bool):
         return "yes" if value else "no"
-    if key.endswith("_bytes"):
+    if key == "bytes" or key.endswith("_bytes"):
         return fmt_bytes(value)
-    if key.endswith("_seconds"):
+    if key == "seconds" or key.endswith("_seconds"):
         return fmt_seconds(value)
     if isinstance(value, int | float) or value is None:
         return fmt(value, ",.6g")
@@ -163,11 +163,18 @@ def _memory_rows(memory: Mapping[str, Any]) -> list[tuple[str, str]]:
 
 
 def _probe_rows(memory: Mapping[str, Any]) -> list[list[str]]:
+    """B, peak memory, fits, and the probe's role (a fit probe or the ceiling's verification)."""
     return [
         [fmt_batch(p.get("batch_size")), fmt_bytes(p.get("peak_bytes")),
-         MISSING if p.get("fits") is None else ("yes" if p.get("fits") else "no (out of memory)")]
+         MISSING if p.get("fits") is None else ("yes" if p.get("fits") else "no (out of memory)"),
+         str(p.get("role") or "")]
         for p in memory.get("probes") or []
     ]
+
+
+def _memory_notes(memory: Mapping[str, Any]) -> list[str]:
+    notes = memory.get("notes")
+    return [str(note) for note in notes] if isinstance(notes, list) else []
 
 
 PHASE_LABELS = {
@@ -218,6 +225,7 @@ def report_context(document: Mapping[str, Any], images: Mapping[str, str]) -> di
         "pilots": _pilot_rows(document),
         "memory": _memory_rows(memory),
         "probes": _probe_rows(memory),
+        "memory_notes": _memory_notes(memory),
         "phases": _phase_rows(document),
         "decision": fmt_seconds(document.get("decision_seconds")),
         "version": __version__,

@@ -148,14 +148,26 @@ def _mark_recommendation(axes: Axes, document: Document) -> None:
 
 
 def throughput(document: Document) -> Figure:
-    """Measured samples per second vs B (the hardware view)."""
-    figure, axes = _figure("Measured throughput")
+    """Samples per second vs B: the measured points, and the step-time model the plan used."""
+    figure, axes = _figure("Throughput")
     points = _points(document.get("throughput"), "batch_size", "samples_per_second")
-    if not points:
+    # The plan's t(B) covers every candidate (fitted between and beyond the measured sizes;
+    # accumulation candidates at their effective rate): drawn so a reader sees what was measured.
+    model = [
+        (b, b / t) for b, t in _points(document.get("candidates"), "batch_size", "step_seconds") if t > 0
+    ]
+    if not points and not model:
         _not_measured(axes, "throughput")
         return figure
-    xs, ys = zip(*points, strict=True)
-    axes.plot(xs, ys, marker="o", color=COLOR_FITS, label="median over timed steps")
+    if model:
+        axes.plot(*zip(*model, strict=True), linestyle="--", color=COLOR_MUTED, linewidth=1.2,
+                  label="step-time model used by the plan")
+    if points:
+        axes.plot(*zip(*points, strict=True), marker="o", color=COLOR_FITS, label="measured (median step)")
+    else:
+        axes.text(0.5, 0.5, "no throughput measured", ha="center", va="center", color=COLOR_MUTED,
+                  transform=axes.transAxes)
+    xs = [x for x, _ in points + model]
     _mark_ceiling(axes, _ceiling(document), max(xs))
     chosen = finite((document.get("recommended") or {}).get("batch_size"))
     if chosen is not None:
@@ -165,7 +177,7 @@ def throughput(document: Document) -> Figure:
     axes.set_xlim(min(xs) / 1.3, max(xs) * 1.3)
     axes.set_ylim(bottom=0)
     axes.set_ylabel("training samples per second")
-    _legend_below(figure, [axes], columns=3)
+    _legend_below(figure, [axes])
     return figure
 
 
@@ -175,18 +187,19 @@ def noise_scale(document: Document) -> Figure:
     noise = document.get("noise_scale") or {}
     trajectory = noise.get("trajectory") or []
     points = _points(trajectory, "step", "b_simple")
-    b_noise = finite(noise.get("b_noise")) or finite(document.get("b_noise"))
     positive = [(s, b) for s, b in points if b > 0]
-    if not positive and b_noise is None:
+    b_noise = finite(noise.get("b_noise")) or finite(document.get("b_noise"))
+    b_simple = finite(noise.get("b_simple"))
+    if not positive and b_noise is None and b_simple is None:
         _not_measured(axes, "gradient noise scale")
         return figure
     if positive:
         steps, values = zip(*positive, strict=True)
         axes.plot(steps, values, marker="o", linestyle="-", color=COLOR_FITS, label="B_simple (measured)")
         _growth_lines(axes, noise, steps)
+        axes.set_xlabel("training step of the pilot run")
     else:
-        axes.text(0.5, 0.5, "B_simple trajectory: not measured", ha="center", va="center",
-                  color=COLOR_MUTED, transform=axes.transAxes)
+        _overall_b_simple(axes, b_simple, noise.get("b_simple_ci95"))
     if len(positive) < len(points):
         axes.text(0.01, 0.02, f"{len(points) - len(positive)} non-positive estimates not shown",
                   transform=axes.transAxes, fontsize=8, color=COLOR_MUTED)
@@ -194,11 +207,37 @@ def noise_scale(document: Document) -> Figure:
         axes.axhline(b_noise, color=COLOR_CHOSEN, linewidth=1.5,
                      label=f"B_noise used by the plan ({fmt(b_noise, '.3g')})")
     _plain_log_y(axes)
-    axes.set_xlabel("training step of the pilot run")
+    _pad_y_to_lines(axes)
     axes.set_ylabel("noise scale (samples)")
     twin = _loss_twin(axes, trajectory)
     _legend_below(figure, [axes] if twin is None else [axes, twin], columns=3)
     return figure
+
+
+def _pad_y_to_lines(axes: Axes, factor: float = 1.5) -> None:
+    """y limits around every drawn line and band, with a margin (autoscale ignores axhspan)."""
+    values: list[float] = []
+    for line in axes.get_lines():
+        values += [float(v) for v in line.get_ydata() if finite(v) is not None and float(v) > 0]
+    for patch in axes.patches:
+        extent = patch.get_extents().transformed(axes.transData.inverted())
+        values += [v for v in (extent.y0, extent.y1) if v > 0]
+    if values:
+        axes.set_ylim(min(values) / factor, max(values) * factor)
+
+
+def _overall_b_simple(axes: Axes, b_simple: float | None, ci95: Any) -> None:
+    """No trajectory recorded: the run's single B_simple estimate and its 95 % interval, if any."""
+    axes.set_xticks([])
+    axes.set_xlabel("no trajectory over the pilot's steps was recorded")
+    if b_simple is None or b_simple <= 0:
+        return
+    axes.axhline(b_simple, color=COLOR_FITS, linestyle="--", linewidth=1.5,
+                 label=f"B_simple over the pilot ({b_simple:.3g})")
+    if isinstance(ci95, list | tuple) and len(ci95) == 2:
+        low, high = finite(ci95[0]), finite(ci95[1])
+        if low is not None and high is not None and 0 < low < high:
+            axes.axhspan(low, high, color=COLOR_FITS, alpha=0.12, linewidth=0, label="95 % interval")
 
 
 def _growth_lines(axes: Axes, noise: Mapping[str, Any], steps: Sequence[float]) -> None:
