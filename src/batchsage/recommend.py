@@ -359,7 +359,9 @@ def _pilot_a(task: Task, device: Any, ceiling: int, seconds: float,
 
     batch_size = min(task.base_batch_size, ceiling)
     lr = plan.scaled_lr(batch_size, task.base_batch_size, task.base_lr, task.resolved_lr_scaling())
-    monitor = NoiseScaleMonitor(overhead_budget=0.3)
+    # A pilot is short: spend up to half its time measuring, and report often, so that the
+    # growth of B_simple along the run has several points to fit.
+    monitor = NoiseScaleMonitor(overhead_budget=0.5, report_every=4, dataset_size=task.num_train_samples)
     start = time.perf_counter()
     result = train(
         task, batch_size, lr, device=device, max_seconds=seconds,
@@ -380,6 +382,7 @@ def _pilot_eval_interval(task: Task, batch_size: int, seconds: float,
 
 
 def _noise_from_monitor(monitor: Any) -> NoiseSummary:
+    monitor.flush()
     estimate = monitor.estimate()
     trajectory = [
         {"step": p.step, "train_loss": p.train_loss, "b_simple": p.b_simple}
@@ -389,7 +392,7 @@ def _noise_from_monitor(monitor: Any) -> NoiseSummary:
     b_simple = estimate.b_simple if estimate is not None else None
     return NoiseSummary(
         b_simple=b_simple,
-        b_simple_ci95=tuple(estimate.ci95) if estimate is not None else None,
+        b_simple_ci95=tuple(estimate.ci95) if estimate is not None and estimate.ci95 else None,
         growth_scale=growth.scale if growth else None,
         growth_exponent=growth.exponent if growth else None,
         b_crit_pilot=None,

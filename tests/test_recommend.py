@@ -1,0 +1,121 @@
+"""End-to-end: ``recommend`` on a small task, through the API and the CLI."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import tiny_tasks
+import torch
+from sklearn.datasets import make_classification
+from torch import nn
+from torch.utils.data import TensorDataset
+from typer.testing import CliRunner
+
+from batchsage import Task
+from batchsage.cli import app
+from batchsage.recommend import Recommendation, recommend
+
+
+def noisy_classification_task(**overrides: Any) -> Task:
+    """Overlapping classes: the target needs a few thousand samples, so the batch size matters."""
+    x, y = make_classification(
+        n_samples=6000, n_features=20, n_informative=10, n_classes=4, class_sep=1.0, flip_y=0.05,
+        random_state=0,
+    )
+    x = x.astype(np.float32)
+    train = TensorDataset(torch.from_numpy(x[:5000]), torch.from_numpy(y[:5000]))
+    val = TensorDataset(torch.from_numpy(x[5000:]), torch.from_numpy(y[5000:]))
+    fields: dict[str, Any] = {
+        "name": "noisy-clf",
+        "make_model": lambda: nn.Sequential(nn.Linear(20, 64), nn.ReLU(), nn.Linear(64, 4)),
+        "train_data": train,
+        "val_data": val,
+        "loss_fn": tiny_tasks.cross_entropy,
+        "make_optimizer": lambda params, lr: torch.optim.SGD(params, lr=lr, momentum=0.9),
+        "metric_fn": tiny_tasks.accuracy,
+        "target": 0.80,
+        "higher_is_better": True,
+        "base_batch_size": 32,
+        "base_lr": 0.01,
+        "max_samples": 300_000,
+        "metric_name": "accuracy",
+        "eval_every_samples": 1024,
+    }
+    fields.update(overrides)
+    return Task(**fields)
+
+
+@pytest.fixture(scope="module")
+def recommendation() -> Recommendation:
+    return recommend(noisy_classification_task(), budget_seconds=8.0, progress=False)
+
+
+def test_recommendation_is_a_candidate_with_consistent_numbers(recommendation: Recommendation) -> None:
+    rec = recommendation.recommended
+    chosen = recommendation.candidate(rec["batch_size"])
+    assert chosen is not None
+    assert rec["micro_batch_size"] * rec["accumulation_steps"] == rec["batch_size"]
+    assert rec["lr"] > 0 and rec["warmup_steps"] >= 0
+    best = min(c.predicted_seconds for c in recommendation.candidates)
+    assert chosen.predicted_seconds <= best * 1.03 + 1e-12
+    for candidate in recommendation.candidates:
+        predicted = candidate.predicted_steps * candidate.step_seconds
+        assert candidate.predicted_seconds == pytest.approx(predicted)
+        assert candidate.fits_memory == (candidate.batch_size <= recommendation.memory["max_batch_size"])
+    assert math.isfinite(recommendation.b_noise) and recommendation.b_noise >= 0
+    assert recommendation.decision_seconds > 0
+    assert recommendation.explanation.startswith(f"Recommended batch size {rec['batch_size']}")
+
+
+def test_document_has_the_issue_keys(recommendation: Recommendation) -> None:
+    document = json.loads(json.dumps(recommendation.to_dict()))
+    required = {"task", "device", "recommended", "candidates", "noise_scale", "memory", "decision_seconds"}
+    assert required <= set(document)
+    assert {"batch_size", "micro_batch_size", "accumulation_steps", "lr", "warmup_steps"} <= set(
+        document["recommended"]
+    )
+    assert {"batch_size", "lr", "predicted_steps", "step_seconds", "predicted_seconds", "fits_memory"} <= set(
+        document["candidates"][0]
+    )
+
+
+def test_pilots_measured_and_second_pilot_is_larger(recommendation: Recommendation) -> None:
+    assert len(recommendation.pilots) == 2
+    small, large = recommendation.pilots
+    assert large.batch_size > small.batch_size
+    assert small.history and large.history
+
+
+def test_unreached_target_is_extrapolated_from_the_trend() -> None:
+    # 0.86 is above what the pilots reach in a few seconds but below this data's ceiling.
+    task = noisy_classification_task(target=0.86)
+    rec = recommend(task, budget_seconds=4.0, progress=False)
+    assert rec.extrapolated
+    assert "extrapolated" in rec.explanation
+    assert rec.recommended["batch_size"] in [c.batch_size for c in rec.candidates]
+
+
+def test_cli_writes_json_and_report(tmp_path: Path, fixtures_dir: Path) -> None:
+    out = tmp_path / "out"
+    result = CliRunner().invoke(
+        app,
+        ["recommend", "--task", f"{Path(__file__).resolve()}:noisy_classification_task",
+         "--budget-seconds", "4", "--out", str(out), "--json", str(tmp_path / "copy.json")],
+    )
+    assert result.exit_code == 0, result.output
+    document = json.loads((out / "recommendation.json").read_text())
+    assert document == json.loads((tmp_path / "copy.json").read_text())
+    assert (out / "report.html").stat().st_size > 1000
+    assert str(document["recommended"]["batch_size"]) in result.output
+
+
+def test_cli_rejects_bad_budget(tmp_path: Path) -> None:
+    result = CliRunner().invoke(
+        app, ["recommend", "--task", "linreg", "--memory-budget", "0MiB", "--out", str(tmp_path)]
+    )
+    assert result.exit_code == 2
