@@ -1,0 +1,374 @@
+"""The sweep's state in an Optuna storage: which trials exist, who runs them, what they gave.
+
+Every (B, lr, seed) is one Optuna trial. The protocol that makes "every trial exactly once" hold
+across resumes, crashes and several processes:
+
+- **Enqueue.** A key with no live trial (WAITING, RUNNING, COMPLETE or PRUNED) gets a WAITING
+  trial. Killed, interrupted and failed trials are FAIL, so their keys are simply enqueued again;
+  finished ones (COMPLETE/PRUNED) are never touched again.
+- **Claim.** Of a key's live trials only the lowest-numbered one (its *canonical* trial) may run;
+  a WAITING duplicate (two processes enqueuing the same key at once) is closed as FAIL. The
+  WAITING → RUNNING transition is Optuna's ``set_trial_state_values``, which refuses a trial that
+  is no longer WAITING. On PostgreSQL/MySQL that check holds a row lock; SQLite ignores
+  ``SELECT … FOR UPDATE``, so on SQLite every state change is also serialised by an OS file lock
+  next to the database file (one machine shares one SQLite file, so that lock is enough).
+- **Stale trials.** A running trial records Optuna heartbeats; a RUNNING trial whose heartbeat
+  is older than the grace period is failed (Optuna's ``fail_stale_trials``) and its key rerun. A
+  trial whose process is known dead (same host, pid gone) is failed at once, without waiting.
+- **Finish.** The result is written, then the state; if the trial was meanwhile declared stale
+  (the process was only paused), the write is refused and the rerun's result is the one kept.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import socket
+import threading
+import uuid
+import warnings
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+import psutil
+from optuna.distributions import FloatDistribution, IntDistribution
+from optuna.exceptions import DuplicatedStudyError, UpdateFinishedTrialError
+from optuna.storages import BaseStorage, InMemoryStorage, RDBStorage, fail_stale_trials
+from optuna.study import StudyDirection
+from optuna.trial import FrozenTrial, TrialState, create_trial
+
+from batchsage.errors import BatchsageError, ConfigError
+from batchsage.sweep._grid import TrialKey
+
+try:  # POSIX only; elsewhere SQLite claims rely on Optuna's own check (see the module docstring)
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None  # type: ignore[assignment]
+
+LIVE_STATES = (TrialState.WAITING, TrialState.RUNNING, TrialState.COMPLETE, TrialState.PRUNED)
+FINISHED_STATES = (TrialState.COMPLETE, TrialState.PRUNED)
+#: Parameter ranges wide enough for any trial; the params are fixed values, the ranges only let
+#: Optuna's dashboard and plots show them.
+DISTRIBUTIONS = {
+    "batch_size": IntDistribution(1, 2**40, log=True),
+    "lr": FloatDistribution(1e-30, 1e30, log=True),
+    "seed": IntDistribution(-(2**62), 2**62),
+}
+#: Identity of the task a study belongs to: resuming with another task or target would mix
+#: incomparable times.
+IDENTITY_KEYS = ("task", "target", "higher_is_better", "max_samples", "metric")
+
+
+class StorageError(BatchsageError):
+    """The sweep storage cannot be opened or does not belong to this sweep."""
+
+
+@dataclass(frozen=True)
+class Worker:
+    """The process running a trial, so a rerun on the same host can tell it is dead."""
+
+    host: str
+    pid: int
+    started: float
+
+    @classmethod
+    def current(cls) -> Worker:
+        return cls(socket.gethostname(), os.getpid(), psutil.Process().create_time())
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"host": self.host, "pid": self.pid, "started": self.started}
+
+    def is_dead(self) -> bool:
+        """True only when this host can see the process is gone (another host: unknown)."""
+        if self.host != socket.gethostname():
+            return False
+        try:
+            return abs(psutil.Process(self.pid).create_time() - self.started) > 1e-3
+        except psutil.NoSuchProcess:
+            return True
+        except psutil.Error:
+            return False
+
+
+@dataclass(frozen=True)
+class Claim:
+    trial_id: int
+    number: int
+    key: TrialKey
+
+
+def key_of(trial: FrozenTrial) -> str | None:
+    return trial.user_attrs.get("key")
+
+
+def result_of(trial: FrozenTrial) -> dict[str, Any] | None:
+    return trial.user_attrs.get("result")
+
+
+class SweepStore:
+    """One study in an Optuna storage (``None``: in memory), with the claim protocol above."""
+
+    def __init__(self, url: str | None, study_name: str, *, heartbeat_seconds: int = 5,
+                 grace_seconds: int | None = None) -> None:
+        self.url = url
+        self.study_name = study_name
+        self.worker = Worker.current()
+        #: Tells this sweep call's trials from those of earlier calls (even in the same process).
+        self.run_id = uuid.uuid4().hex
+        self.storage = open_storage(url, heartbeat_seconds, grace_seconds or 4 * heartbeat_seconds)
+        try:
+            with _quiet_optuna():
+                self.study_id = self.storage.create_new_study([StudyDirection.MINIMIZE], study_name)
+        except DuplicatedStudyError:
+            self.study_id = self.storage.get_study_id_from_name(study_name)
+        except Exception as exc:  # a database that opened but cannot be written, etc.
+            raise StorageError(f"cannot use storage {display_url(url)}: {_one_line(exc)}") from exc
+        self.study = optuna.Study(study_name=study_name, storage=self.storage)
+        self._thread_lock = threading.Lock()
+        self._lock_path = _sqlite_lock_path(url)
+
+    # -- identity -------------------------------------------------------------------------------
+    def check_identity(self, identity: dict[str, Any]) -> None:
+        """Tag a new study with the task; refuse to resume a study made for another task."""
+        attrs = self.storage.get_study_user_attrs(self.study_id)
+        stored = attrs.get("batchsage")
+        if stored is None:
+            self.storage.set_study_user_attr(self.study_id, "batchsage", identity)
+            return
+        for key in IDENTITY_KEYS:
+            if stored.get(key) != identity.get(key):
+                raise ConfigError(
+                    f"study {self.study_name!r} was made for {key}={stored.get(key)!r}, not "
+                    f"{identity.get(key)!r}: use another --study name or storage"
+                )
+
+    # -- reading --------------------------------------------------------------------------------
+    def trials(self) -> list[FrozenTrial]:
+        return self.storage.get_all_trials(self.study_id, deepcopy=False)
+
+    def canonical(self, trials: Sequence[FrozenTrial] | None = None) -> dict[str, FrozenTrial]:
+        """Each key's canonical trial: the lowest-numbered live one."""
+        chosen: dict[str, FrozenTrial] = {}
+        for trial in sorted(trials if trials is not None else self.trials(), key=lambda t: t.number):
+            key = key_of(trial)
+            if key is not None and trial.state in LIVE_STATES and key not in chosen:
+                chosen[key] = trial
+        return chosen
+
+    def best_seconds(self, seed: int) -> float | None:
+        """The best time-to-target any finished trial of ``seed`` has reached so far."""
+        best = math.inf
+        for trial in self.storage.get_all_trials(self.study_id, deepcopy=False,
+                                                 states=(TrialState.COMPLETE,)):
+            result = result_of(trial)
+            if result and result.get("seed") == seed and result.get("reached_target"):
+                best = min(best, float(result["seconds_to_target"]))
+        return best if math.isfinite(best) else None
+
+    # -- claiming -------------------------------------------------------------------------------
+    def claim(self, keys: Sequence[TrialKey]) -> tuple[Claim | None, int]:
+        """Claim the first runnable key of ``keys`` (in order); also return how many of ``keys``
+        are running in other processes."""
+        with self._locked():
+            self._fail_stale()
+            canonical = self.canonical()
+            missing = [key for key in keys if key.id not in canonical]
+            for key in missing:
+                self._enqueue(key)
+            trials = self.trials()
+            canonical = self.canonical(trials)
+            self._close_duplicates(trials, canonical)
+            running_elsewhere = 0
+            for key in keys:
+                trial = canonical.get(key.id)
+                if trial is None:
+                    continue
+                if trial.state == TrialState.WAITING and self._start(trial):
+                    return Claim(trial._trial_id, trial.number, key), running_elsewhere
+                if trial.state == TrialState.RUNNING:
+                    running_elsewhere += 1
+            return None, running_elsewhere
+
+    def _enqueue(self, key: TrialKey) -> None:
+        template = create_trial(
+            state=TrialState.WAITING,
+            params={"batch_size": key.batch_size, "lr": key.lr, "seed": key.seed},
+            distributions=DISTRIBUTIONS,
+            user_attrs={"key": key.id},
+        )
+        self.storage.create_new_trial(self.study_id, template_trial=template)
+
+    def _close_duplicates(self, trials: Sequence[FrozenTrial], canonical: dict[str, FrozenTrial]) -> None:
+        for trial in trials:
+            key = key_of(trial)
+            if trial.state != TrialState.WAITING or key is None:
+                continue
+            first = canonical.get(key)
+            if first is not None and first.number != trial.number:
+                with contextlib.suppress(UpdateFinishedTrialError):
+                    self.storage.set_trial_user_attr(trial._trial_id, "duplicate_of", first.number)
+                    self.storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+
+    def _start(self, trial: FrozenTrial) -> bool:
+        if not self.storage.set_trial_state_values(trial._trial_id, TrialState.RUNNING):
+            return False
+        self.storage.set_trial_user_attr(trial._trial_id, "worker", self.worker.as_dict())
+        return True
+
+    def _fail_stale(self) -> None:
+        """Fail trials left RUNNING by a dead process: heartbeats, or a pid gone on this host."""
+        with _quiet_optuna():
+            fail_stale_trials(self.study)
+        for trial in self.storage.get_all_trials(self.study_id, deepcopy=False,
+                                                 states=(TrialState.RUNNING,)):
+            worker = trial.user_attrs.get("worker")
+            if worker and Worker(**worker).is_dead():
+                with contextlib.suppress(UpdateFinishedTrialError):
+                    self.storage.set_trial_user_attr(trial._trial_id, "fail_reason", "process died")
+                    self.storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+
+    # -- finishing ------------------------------------------------------------------------------
+    def finish(self, claim: Claim, result: dict[str, Any], state: TrialState, value: float | None) -> bool:
+        """Store a trial's result; False when the trial had meanwhile been failed as stale."""
+        with self._locked():
+            try:
+                self.storage.set_trial_user_attr(claim.trial_id, "result", result)
+                values = [value] if state == TrialState.COMPLETE else None
+                self.storage.set_trial_state_values(claim.trial_id, state, values)
+            except UpdateFinishedTrialError:
+                return False
+        return True
+
+    def abandon(self, claim: Claim, reason: str) -> None:
+        """Mark a trial FAIL (interrupted or crashed) so that a rerun runs its key again."""
+        with self._locked(), contextlib.suppress(UpdateFinishedTrialError):
+            self.storage.set_trial_user_attr(claim.trial_id, "fail_reason", reason[:500])
+            self.storage.set_trial_state_values(claim.trial_id, TrialState.FAIL)
+
+    @contextlib.contextmanager
+    def heartbeat(self, claim: Claim) -> Iterator[None]:
+        """Record Optuna heartbeats for ``claim`` while the block runs (RDB storages only)."""
+        interval = self.storage.get_heartbeat_interval() if isinstance(self.storage, RDBStorage) else None
+        if not interval:
+            yield
+            return
+        stop = threading.Event()
+        thread = threading.Thread(target=self._beat, args=(claim.trial_id, interval, stop), daemon=True,
+                                  name=f"batchsage-heartbeat-{claim.number}")
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join()
+
+    def _beat(self, trial_id: int, interval: float, stop: threading.Event) -> None:
+        assert isinstance(self.storage, RDBStorage)
+        while True:
+            # A busy database must not kill the thread: the next beat retries.
+            with contextlib.suppress(Exception):
+                self.storage.record_heartbeat(trial_id)
+            if stop.wait(interval):
+                return
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        with self._thread_lock, _file_lock(self._lock_path):
+            yield
+
+
+def open_storage(url: str | None, heartbeat_seconds: int, grace_seconds: int) -> BaseStorage:
+    """An Optuna storage for ``url`` (in memory for None); any failure is one StorageError line."""
+    if url is None:
+        return InMemoryStorage()
+    if not isinstance(url, str) or "://" not in url:
+        raise StorageError(f"cannot open storage {url!r}: expected a URL such as sqlite:///sweep.db")
+    engine_kwargs: dict[str, Any] = {}
+    if url.startswith("sqlite"):
+        # Several processes write one file: wait for the lock instead of failing at once.
+        engine_kwargs["connect_args"] = {"timeout": 60}
+        path = _sqlite_path(url)
+        if path is not None and not path.parent.is_dir():
+            raise StorageError(f"cannot open storage {url}: directory {path.parent} does not exist")
+    try:
+        # Creating the tables of a new SQLite file is not safe against a second process doing the
+        # same at the same moment ("table studies already exists"): take the claim lock for it.
+        with _file_lock(_sqlite_lock_path(url)), _quiet_optuna():
+            return RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat_seconds,
+                              grace_period=grace_seconds)
+    except Exception as exc:  # malformed URL, missing driver, unreachable server, not a database
+        raise StorageError(f"cannot open storage {display_url(url)}: {_one_line(exc)}") from exc
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path | None) -> Iterator[None]:
+    """An exclusive OS lock on ``path`` (no-op without a path or on systems without flock)."""
+    if path is None or fcntl is None:
+        yield
+        return
+    with open(path, "a+b") as handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def _quiet_optuna() -> Iterator[None]:
+    """Silence Optuna's info logs ("A new study created…") and experimental-API warnings here only."""
+    logger = logging.getLogger("optuna")
+    level = logger.level
+    logger.setLevel(max(level, logging.WARNING))
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            yield
+    finally:
+        logger.setLevel(level)
+
+
+def display_url(url: str | None) -> str:
+    """The URL without its password, for messages and reports."""
+    if url is None:
+        return "in-memory"
+    try:
+        from sqlalchemy.engine import make_url
+
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return url.split("@")[-1] if "@" in url else url
+
+
+def _sqlite_path(url: str | None) -> Path | None:
+    if url is None or not url.startswith("sqlite"):
+        return None
+    try:
+        from sqlalchemy.engine import make_url
+
+        database = make_url(url).database
+    except Exception:
+        return None
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return None
+    return Path(database)
+
+
+def _sqlite_lock_path(url: str | None) -> Path | None:
+    path = _sqlite_path(url)
+    return None if path is None else path.with_name(path.name + ".lock")
+
+
+def _one_line(exc: BaseException) -> str:
+    """The first line of an exception's message (SQLAlchemy's run over several)."""
+    cause: BaseException = exc
+    # Optuna and SQLAlchemy wrap the driver's error; its message names the real problem.
+    while getattr(cause, "orig", None) is not None:
+        cause = cause.orig  # type: ignore[attr-defined]
+    text = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
+    return text[:300]
