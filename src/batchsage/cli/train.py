@@ -70,6 +70,10 @@ def train_command(
     seed: int | None = typer.Option(None, "--seed", help="default: the task's seed"),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda or mps"),
     json_path: Path | None = typer.Option(None, "--json", help="write the result as JSON here"),
+    adaptive: bool = typer.Option(False, "--adaptive", help="grow the batch as the noise scale grows"),
+    max_batch_size: int | None = typer.Option(
+        None, "--max-batch-size", help="with --adaptive: memory ceiling of a micro-batch (default: probed)"
+    ),
 ) -> None:
     """Train one (batch size, lr) to the task's target and report time to target."""
     from batchsage.task import load_task
@@ -77,17 +81,26 @@ def train_command(
 
     loaded = load_task(task)
     validate_run_args(loaded, batch_size, lr, accumulation, warmup_steps)
+    controller = None
+    if adaptive:
+        from batchsage.adaptive import controller_for_run
+
+        controller = controller_for_run(loaded, batch_size, lr, accumulation, max_batch_size, device)
     with console.status(f"training {loaded.name} at B={batch_size}, lr={lr:g}"):
         result = train(
             loaded, batch_size, lr, accumulation_steps=accumulation, warmup_steps=warmup_steps,
-            seed=seed, device=device,
+            seed=seed, device=device, hooks=[controller] if controller else [],
         )
     document = {
         key: value
         for key, value in result.to_dict().items()
         if key in TRAIN_JSON_KEYS
     }
+    if controller is not None:
+        document["schedule"] = controller.schedule_dicts()
     _print_train_result(document, loaded.metric_name)
+    if controller is not None:
+        console.print(controller.describe(), highlight=False)
     write_json(json_path, document)
 
 

@@ -1,0 +1,300 @@
+"""The adaptive batch controller: growth rule, lr rule, accumulation, CLI schedule, plain-loop loader."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+import tiny_tasks
+import torch
+from torch import nn
+from typer.testing import CliRunner
+
+from batchsage import ConfigError, Task, TrainingHook, TrainState, plan
+from batchsage.adaptive import (
+    AdaptiveBatch,
+    AdaptiveBatchLoader,
+    AdaptiveBatchSampler,
+    controller_for_run,
+    interpolate_step_seconds,
+)
+from batchsage.cli import app
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread() -> Iterator[None]:
+    # Tiny models on a shared 2-core machine: a second torch thread only waits for the first.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+class FakeMonitor(TrainingHook):
+    """A noise monitor whose estimate is scripted: one measurement per step, b_simple = f(step)."""
+
+    def __init__(self, b_simple: Callable[[int], float], relative_halfwidth: float = 0.1) -> None:
+        self.b_simple = b_simple
+        self.relative_halfwidth = relative_halfwidth
+        self.measurements = 0
+
+    def on_step_end(self, state: TrainState) -> None:
+        self.measurements += 1
+
+    def estimate(self) -> Any:
+        value = self.b_simple(self.measurements)
+        ci = (value * (1 - self.relative_halfwidth), value * (1 + self.relative_halfwidth))
+        return SimpleNamespace(b_simple=value, ci95=ci)
+
+
+def _drive(controller: AdaptiveBatch, steps: int) -> list[int]:
+    """Call the controller as the training loop would, without training; batch size per step."""
+    state = TrainState(batch_size=controller.batch_size, lr=controller.current_lr)
+    sizes = []
+    for _ in range(steps):
+        state.step += 1
+        state.samples += state.batch_size
+        update = controller.on_step_end(state)
+        if update is not None and update.batch_size is not None:
+            state.batch_size = update.batch_size
+        sizes.append(state.batch_size)
+    return sizes
+
+
+def test_grows_in_steps_as_the_noise_scale_grows_and_never_shrinks() -> None:
+    # b_simple rises to 400 by step 40, then collapses: the batch follows it up, never down.
+    def b_simple(step: int) -> float:
+        return 10.0 * step if step <= 40 else 5.0
+
+    controller = AdaptiveBatch(16, 0.1, monitor=FakeMonitor(b_simple), measurements_per_decision=2)
+    sizes = _drive(controller, 80)
+    assert all(later >= earlier for earlier, later in itertools.pairwise(sizes))
+    grown = [entry.batch_size for entry in controller.schedule]
+    assert grown == [16, 32, 64, 128, 256]  # one doubling per decision, powers of two
+    assert sizes[-1] == 256
+    # Each change happened only once the interval's lower end reached √2 × the current batch.
+    for entry, previous in zip(controller.schedule[1:], grown, strict=False):
+        assert entry.b_noise_ci95 is not None
+        assert entry.b_noise_ci95[0] >= math.sqrt(2) * previous
+
+
+def test_lr_follows_the_recommenders_rule_with_the_current_noise_scale() -> None:
+    controller = AdaptiveBatch(32, 0.05, lr_scaling="sqrt", monitor=FakeMonitor(lambda step: 500.0),
+                               measurements_per_decision=1)
+    _drive(controller, 3)
+    for entry in controller.schedule[1:]:
+        expected = plan.scaled_lr(entry.batch_size, 32, 0.05, "sqrt", entry.b_noise)
+        assert entry.lr == pytest.approx(expected)
+    assert controller.current_lr == pytest.approx(controller.schedule[-1].lr)
+    assert controller.current_lr > 0.05
+
+
+def test_wide_interval_means_no_change() -> None:
+    # Point estimate 100 ≫ 16, but the interval reaches down to 0: hysteresis keeps the batch.
+    monitor = FakeMonitor(lambda step: 100.0, relative_halfwidth=1.0)
+    controller = AdaptiveBatch(16, 0.1, monitor=monitor, measurements_per_decision=1)
+    assert _drive(controller, 20) == [16] * 20
+    assert len(controller.readings) == 20
+    assert not any(reading.grew for reading in controller.readings)
+
+
+def test_never_grows_beyond_the_data_set() -> None:
+    controller = AdaptiveBatch(64, 0.1, dataset_size=200, monitor=FakeMonitor(lambda step: 1e6),
+                               measurements_per_decision=1)
+    sizes = _drive(controller, 10)
+    assert max(sizes) == 200
+    assert [entry.batch_size for entry in controller.schedule] == [64, 128, 200]
+
+
+def test_accumulation_above_the_memory_ceiling() -> None:
+    controller = AdaptiveBatch(16, 0.1, max_batch_size=32, monitor=FakeMonitor(lambda step: 1e4),
+                               measurements_per_decision=1)
+    _drive(controller, 3)
+    splits = [(e.batch_size, e.micro_batch_size, e.accumulation_steps) for e in controller.schedule]
+    assert splits == [(16, 16, 1), (32, 32, 1), (64, 32, 2), (128, 32, 4)]
+
+
+def test_time_rule_grows_only_where_larger_steps_are_cheap() -> None:
+    noise = FakeMonitor(lambda step: 200.0)
+    flat = AdaptiveBatch(16, 0.1, monitor=noise, step_seconds=lambda b: 1e-3, measurements_per_decision=1)
+    proportional = AdaptiveBatch(16, 0.1, monitor=FakeMonitor(lambda step: 200.0),
+                                 step_seconds=lambda b: 1e-5 * b, measurements_per_decision=1)
+    assert _drive(flat, 5)[-1] > 16  # same step time, more samples per step: grow
+    assert _drive(proportional, 5)[-1] == 16  # time ∝ B: a bigger batch only costs more
+
+
+def test_rewarmup_ramps_the_lr_linearly_after_a_change() -> None:
+    controller = AdaptiveBatch(16, 0.1, monitor=FakeMonitor(lambda step: 1e4), measurements_per_decision=1,
+                               rewarmup_steps=4)
+    state = TrainState(batch_size=16, lr=0.1)
+    lrs = []
+    for step in range(1, 5):
+        state.step = step
+        update = controller.on_step_end(state)
+        lrs.append(update.lr if update is not None else None)
+    target = controller.schedule[1].lr
+    assert lrs == pytest.approx([0.1 + (target - 0.1) * k / 4 for k in range(1, 5)])
+    assert len(controller.schedule) == 2  # no decision while ramping
+    state.step = 5
+    update = controller.on_step_end(state)  # one step ran at the ramp's end: decide again
+    assert len(controller.schedule) == 3
+    assert update is not None
+    assert update.lr == pytest.approx(target + (controller.schedule[2].lr - target) / 4)
+
+
+def test_training_loop_follows_the_schedule(tiny_task: Task) -> None:
+    class Recorder(TrainingHook):
+        def __init__(self) -> None:
+            self.sizes: list[int] = []
+            self.parts: list[int] = []
+            self.lrs: list[float] = []
+
+        def on_micro_backward(self, model: nn.Module, index: int, parts: int, batch_size: int) -> None:
+            if index == 0:
+                self.parts.append(parts)
+
+        def on_step_end(self, state: TrainState) -> None:
+            self.sizes.append(state.batch_size)
+            self.lrs.append(state.lr)
+
+    task = tiny_tasks.make_task(target=1.01, max_samples=2_000)  # never reached: run the whole budget
+    controller = AdaptiveBatch.for_task(task, 8, 0.05, max_batch_size=16,
+                                        monitor=FakeMonitor(lambda step: 8.0 * step),
+                                        measurements_per_decision=3)
+    recorder = Recorder()
+    result = controller.train(task, hooks=[recorder])
+    assert len(controller.schedule) > 2
+    for entry in controller.schedule[1:]:
+        if entry.step == len(recorder.sizes):
+            continue  # changed after the last step
+        # The step after a change runs at the new batch, split for memory, at the new lr.
+        assert recorder.sizes[entry.step] == entry.batch_size
+        assert recorder.parts[entry.step] == entry.accumulation_steps
+        assert recorder.lrs[entry.step] == pytest.approx(entry.lr)
+    assert controller.schedule[-1].accumulation_steps > 1
+    assert result.batch_size == controller.batch_size
+
+
+def test_real_monitor_measures_and_decides(tiny_task: Task) -> None:
+    from batchsage.noise import NoiseScaleMonitor
+
+    task = tiny_tasks.make_task(target=1.01, max_samples=4_000)
+
+    controller = AdaptiveBatch.for_task(task, 16, 0.05, monitor=NoiseScaleMonitor(every=2),
+                                        measurements_per_decision=4)
+    controller.train(task)
+    assert controller.monitor.measurements > 20
+    assert len(controller.readings) >= 5
+    assert all(r.b_noise_low <= r.b_noise <= r.b_noise_high for r in controller.readings)
+    sizes = [entry.batch_size for entry in controller.schedule]
+    assert sizes == sorted(sizes)
+
+
+def test_cli_train_adaptive_writes_the_schedule(tmp_path: Path) -> None:
+    out = tmp_path / "run.json"
+    result = CliRunner().invoke(app, ["train", "--task", "linreg", "--adaptive", "--batch-size", "16",
+                                      "--lr", "0.025", "--max-batch-size", "64", "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "adaptive batch" in result.output
+    document = json.loads(out.read_text())
+    schedule = document["schedule"]
+    assert schedule[0] == {**schedule[0], "step": 0, "batch_size": 16, "lr": 0.025, "b_noise": None}
+    assert all({"step", "batch_size", "lr", "b_noise"} <= set(entry) for entry in schedule)
+    assert document["batch_size"] == schedule[-1]["batch_size"]
+
+
+def test_cli_rejects_a_bad_ceiling_in_one_line(tiny_task_spec: str) -> None:
+    result = CliRunner().invoke(app, ["train", "--task", tiny_task_spec, "--adaptive", "--batch-size", "16",
+                                      "--lr", "0.1", "--max-batch-size", "0"])
+    assert result.exit_code == 2
+    assert "max_batch_size must be a positive integer" in result.stderr
+
+
+def test_controller_for_run_takes_the_ceiling_from_accumulation(tiny_task: Task) -> None:
+    controller = controller_for_run(tiny_task, 64, 0.1, accumulation_steps=4, max_batch_size=None)
+    assert controller.max_batch_size == 16
+    assert (controller.micro_batch_size, controller.accumulation_steps) == (16, 4)
+
+
+def test_sampler_changes_batch_size_mid_epoch_without_repeating() -> None:
+    controller = SimpleNamespace(batch_size=4)
+    sampler = AdaptiveBatchSampler(50, controller, seed=3)
+    for _epoch in range(2):
+        seen: list[int] = []
+        sizes = []
+        for batch in sampler:
+            seen += batch
+            sizes.append(len(batch))
+            if len(sizes) == 3:
+                controller.batch_size = 16  # grows in the middle of the epoch
+        assert sorted(seen) == list(range(50))  # every sample exactly once
+        controller.batch_size = 4
+    assert sizes[:4] == [4, 4, 4, 16]
+
+
+def test_plain_loop_with_loader_backward_and_step() -> None:
+    task = tiny_tasks.make_task()
+    torch.manual_seed(0)
+    model = task.make_model()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    controller = AdaptiveBatch(8, 0.05, max_batch_size=16, dataset_size=task.num_train_samples,
+                               monitor=FakeMonitor(lambda step: 4.0 * step), measurements_per_decision=2)
+    batch_sizes, losses = [], []
+    for epoch in range(3):
+        for batch in AdaptiveBatchLoader(task.train_data, controller, seed=epoch):
+            optimizer.zero_grad()
+            losses.append(controller.backward(model, batch, task.loss_fn))
+            controller.step(optimizer)
+            batch_sizes.append(len(batch[0]))
+    assert len(controller.schedule) > 2
+    assert max(batch_sizes) > 8
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(controller.schedule[-1].lr)
+    assert sum(losses[-3:]) < sum(losses[:3])  # it trained
+
+
+def test_from_recommendation_uses_its_calibration_ceiling_and_step_times(tiny_task: Task) -> None:
+    rec = SimpleNamespace(
+        batch_size=32, lr=0.2, noise_scale=SimpleNamespace(calibration=0.25),
+        memory={"max_batch_size": 64},
+        throughput=[{"batch_size": 16, "step_seconds_median": 0.01},
+                    {"batch_size": 64, "step_seconds_median": 0.02}],
+    )
+    controller = AdaptiveBatch.from_recommendation(rec, tiny_task, monitor=FakeMonitor(lambda step: 10.0))
+    assert (controller.batch_size, controller.lr, controller.calibration) == (32, 0.2, 0.25)
+    assert controller.max_batch_size == 64
+    assert controller.lr_scaling == "linear"
+    assert controller.step_seconds is not None
+    assert controller.step_seconds(32) == pytest.approx(0.01 * 2**0.5)
+
+
+def test_interpolated_step_seconds_are_proportional_beyond_the_last_point() -> None:
+    step_seconds = interpolate_step_seconds([8, 32], [1.0, 2.0])
+    assert step_seconds(8) == pytest.approx(1.0)
+    assert step_seconds(16) == pytest.approx(2**0.5)
+    assert step_seconds(128) == pytest.approx(8.0)
+    assert step_seconds(2) == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "needle"),
+    [
+        ({"batch_size": 0}, "batch_size must be a positive integer"),
+        ({"lr": -1.0}, "lr must be a positive number"),
+        ({"growth_factor": 1.2}, "growth_factor must be a number ≥ 1.5"),
+        ({"lr_scaling": "cubic"}, "lr_scaling must be"),
+        ({"calibration": 0.0}, "calibration must be a positive number"),
+        ({"dataset_size": 8}, "exceeds dataset_size"),
+        ({"rewarmup_steps": -1}, "rewarmup_steps must be"),
+    ],
+)
+def test_bad_arguments_raise_config_errors(kwargs: dict[str, Any], needle: str) -> None:
+    arguments: dict[str, Any] = {"batch_size": 16, "lr": 0.1, "monitor": FakeMonitor(lambda step: 1.0)}
+    arguments.update(kwargs)
+    with pytest.raises(ConfigError, match=needle):
+        AdaptiveBatch(**arguments)
