@@ -6,7 +6,6 @@ from the planner's formulas (S(B) = S_min·(1 + B_noise/B), T = S·t), so no tra
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 import re
@@ -214,16 +213,18 @@ def test_empty_document_still_renders(tmp_path: Path) -> None:
     assert "No candidate batch sizes were evaluated." in console.export_text()
 
 
-def test_render_report_from_saved_json(tmp_path: Path) -> None:
+def test_render_report_from_saved_json(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import batchsage.report.html as html_module
+
+    calls: list[tuple[dict[str, Any], Path]] = []
+    monkeypatch.setattr(html_module, "write_report", lambda doc, out: calls.append((doc, out)) or {})
     document = make_document()
-    saved = copy.deepcopy(document)
-    saved["candidates"][0]["predicted_seconds"] = None  # as write_json turns NaN into null
+    document["candidates"][0]["predicted_seconds"] = None  # as write_json turns NaN into null
     json_path = tmp_path / "recommendation.json"
-    json_path.write_text(json.dumps(saved))
-    paths = render_report(json_path)
-    assert paths["html"] == tmp_path / "report.html" and paths["html"].stat().st_size > 0
-    elsewhere = render_report(json_path, tmp_path / "again")
-    assert elsewhere["pilots"] == tmp_path / "again" / "plots" / "pilots.png"
+    json_path.write_text(json.dumps(document))
+    render_report(json_path)
+    render_report(json_path, tmp_path / "again")
+    assert calls == [(document, tmp_path), (document, tmp_path / "again")]  # default: beside the JSON
 
 
 @pytest.mark.parametrize("content", ["{not json", "[1, 2]", '{"task": "x"}'])
