@@ -502,9 +502,9 @@ def _effective_noise(
             return (calibration * fit.effective_noise_scale(growth, total_steps), calibration,
                     "pilot-calibrated B_simple, averaged over the run")
     if b_crit is not None:
-        return b_crit, None, "critical batch from two pilots (no noise-scale growth measured)"
+        return b_crit, None, "critical batch from two pilots, no noise-scale growth measured"
     if b_simple is not None and math.isfinite(b_simple) and b_simple > 0:
-        return b_simple, None, "uncalibrated B_simple (no second pilot fitted in memory)"
+        return b_simple, None, "uncalibrated B_simple: no second pilot fitted in memory"
     return float(pilot_a.batch_size), None, "no usable noise measurement: assumed B_noise = base batch"
 
 
@@ -519,7 +519,7 @@ def explain(rec: Recommendation, ceiling: int, base_batch_size: int) -> str:
     ]
     parts.append(
         f"The gradient noise scale of this run is about {rec.b_noise:.0f} samples "
-        f"({rec.noise_scale.method}); below it, each step is limited by gradient noise and "
+        f"[{rec.noise_scale.method}]; below it, each step is limited by gradient noise and "
         "halving the batch almost doubles the steps needed, above it extra samples per step are "
         "mostly wasted."
     )
