@@ -2,6 +2,7 @@
 
 from batchsage.adaptive import AdaptiveBatch
 from batchsage.errors import BatchsageError, ConfigError
+from batchsage.noise import NoiseEstimate, NoiseReport, NoiseScaleMonitor, exact_noise_scale, measure_noise
 from batchsage.task import Task, TaskError, load_task
 from batchsage.training import StepUpdate, TrainingHook, TrainResult, TrainState, train
 
@@ -9,13 +10,18 @@ __all__ = [
     "AdaptiveBatch",
     "BatchsageError",
     "ConfigError",
+    "NoiseEstimate",
+    "NoiseReport",
+    "NoiseScaleMonitor",
     "StepUpdate",
     "Task",
     "TaskError",
     "TrainResult",
     "TrainState",
     "TrainingHook",
+    "exact_noise_scale",
     "load_task",
+    "measure_noise",
     "train",
 ]
 __version__ = "0.1.0"
