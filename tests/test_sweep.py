@@ -306,23 +306,26 @@ def test_ctrl_c_leaves_the_storage_consistent_and_the_rerun_completes(tmp_path: 
     assert all(len(_finished(group)) == 1 for group in _trials_by_key(url, "s").values())
 
 
-def test_stale_trial_of_a_silent_process_elsewhere_is_failed_and_rerun(tmp_path: Path) -> None:
-    """The heartbeat path: a RUNNING trial whose process (on another host) stopped beating."""
+def test_stale_trials_of_silent_processes_are_failed_and_rerun(tmp_path: Path) -> None:
+    """The heartbeat path: RUNNING trials whose process (on another host) stopped beating, or
+    died while claiming, before it wrote who runs the trial."""
     url = _sqlite(tmp_path)
-    keys = [TrialKey(16, 0.1, 0)]
+    keys = [TrialKey(16, 0.1, 0), TrialKey(32, 0.2, 0)]
     elsewhere = SweepStore(url, "s", heartbeat_seconds=1, grace_seconds=2)
-    claim, _ = elsewhere.claim(keys)
-    assert claim is not None
-    elsewhere.storage.set_trial_user_attr(claim.trial_id, "worker",
+    beating = elsewhere.claim(keys).claim
+    unnamed = elsewhere.claim(keys).claim
+    assert beating is not None and unnamed is not None
+    elsewhere.storage.set_trial_user_attr(beating.trial_id, "worker",
                                           {"host": "another-host", "pid": 1, "started": 0.0})
-    elsewhere.storage.record_heartbeat(claim.trial_id)  # type: ignore[attr-defined]
+    elsewhere.storage.set_trial_user_attr(unnamed.trial_id, "worker", None)
     here = SweepStore(url, "s", heartbeat_seconds=1, grace_seconds=2)
-    assert here.claim(keys) == (None, 1)  # its heartbeat is fresh: it is running elsewhere
+    assert here.claim(keys) == (None, 2, 0)  # within the grace period: running elsewhere
     time.sleep(3.0)
-    rerun, _ = here.claim(keys)
-    assert rerun is not None and rerun.number != claim.number
+    rerun = here.claim(keys).claim
+    assert rerun is not None and rerun.key == keys[0] and rerun.number not in (0, 1)
     states = {t.number: t.state for t in here.trials()}
-    assert states[claim.number] == TrialState.FAIL and states[rerun.number] == TrialState.RUNNING
+    assert states[beating.number] == states[unnamed.number] == TrialState.FAIL
+    assert sorted(key_of_trial for key_of_trial in _trials_by_key(url, "s")) == sorted(k.id for k in keys)
 
 
 @pytest.mark.slow

@@ -8,6 +8,7 @@ for them; finally collect one result per key and write ``sweep.json`` and the Pa
 
 from __future__ import annotations
 
+import contextlib
 import math
 import statistics
 import time
@@ -52,6 +53,9 @@ from batchsage.training import TrainState, train
 Procedure = Literal["grid", "doubling"]
 #: Wall seconds between looks at the storage while other processes finish their trials.
 WAIT_POLL_SECONDS = 0.5
+#: While a sweep runs, ``sweep.json`` is rewritten at most this often (and when it ends or is
+#: interrupted); the storage, not the JSON, is what a rerun resumes from.
+JSON_EVERY_SECONDS = 10.0
 
 
 class SweepError(BatchsageError):
@@ -96,7 +100,7 @@ def run_sweep(
         first: (B, lr) pairs to run first, e.g. the recommendation.
         anchor: (B0, lr0) the lr rule scales from (default: the task's base batch and lr).
         max_batch_size: ceiling of the default grid and of the doubling.
-        out_dir: write ``sweep.json`` (after every trial) and ``pareto.png`` there.
+        out_dir: write ``sweep.json`` (every ten seconds, at the end, on interrupt) and ``pareto.png``.
         heartbeat_seconds: Optuna heartbeat interval; a trial silent for 4× this is rerun.
     """
     started = time.perf_counter()
@@ -113,18 +117,24 @@ def run_sweep(
                        censor_factor=censor_factor if procedure == "grid" else None,
                        view=_View(console, progress), out_dir=out_dir, started=started,
                        procedure=procedure, ceiling=ceiling)
-    with sweeper.view:
-        if procedure == "doubling":
-            start = DOUBLING_START if loaded.num_train_samples >= DOUBLING_START else min(
-                loaded.base_batch_size, loaded.num_train_samples)
-            keys, doubling = sweeper.run_doubling(start, ceiling["max_batch_size"], seed_list(loaded, seeds))
-        else:
-            sizes = list(batch_sizes) if batch_sizes is not None else default_batch_sizes(
-                ceiling["max_batch_size"])
-            keys = grid_trials(loaded, sizes, lrs=lrs, lr_multipliers=lr_multipliers, seeds=seeds,
-                               first=first, anchor=anchor)
-            doubling = None
-            sweeper.run_keys(keys)
+    try:
+        with sweeper.view:
+            if procedure == "doubling":
+                start = DOUBLING_START if loaded.num_train_samples >= DOUBLING_START else min(
+                    loaded.base_batch_size, loaded.num_train_samples)
+                keys, doubling = sweeper.run_doubling(start, ceiling["max_batch_size"],
+                                                      seed_list(loaded, seeds))
+            else:
+                sizes = list(batch_sizes) if batch_sizes is not None else default_batch_sizes(
+                    ceiling["max_batch_size"])
+                keys = grid_trials(loaded, sizes, lrs=lrs, lr_multipliers=lr_multipliers, seeds=seeds,
+                                   first=first, anchor=anchor)
+                doubling = None
+                sweeper.run_keys(keys)
+    except BaseException:  # Ctrl-C or a failed trial: leave sweep.json with what is finished
+        with contextlib.suppress(Exception):
+            sweeper.write(sweeper.result(sweeper.all_keys, None), plot=False)
+        raise
     result = sweeper.result(keys, doubling)
     sweeper.write(result, plot=True)
     return result
@@ -234,17 +244,21 @@ class _Sweeper:
         self.procedure = procedure
         self.ceiling = ceiling
         self.all_keys: list[TrialKey] = []
+        self.written_at = time.perf_counter()
 
     def run_keys(self, keys: Sequence[TrialKey]) -> None:
         """Until every key has a finished trial: claim and run one, or wait for other processes."""
+        # Keys of earlier calls (the doubling's smaller B) are finished: calls return only then.
+        done_before = len([key for key in self.all_keys if key not in keys])
         self.all_keys += [key for key in keys if key not in self.all_keys]
         self.view.set_total(len(self.all_keys))
         while True:
-            claim, running_elsewhere = self.store.claim(keys)
-            self.view.set_done(self._finished_count())
+            claim, running_elsewhere, finished = self.store.claim(keys)
+            self.view.set_done(done_before + finished)
             if claim is not None:
                 self._run_trial(claim)
-                self.write(self.result(self.all_keys, None), plot=False)
+                if time.perf_counter() - self.written_at >= JSON_EVERY_SECONDS:
+                    self.write(self.result(self.all_keys, None), plot=False)
                 continue
             if running_elsewhere == 0:
                 return
@@ -321,13 +335,6 @@ class _Sweeper:
     def _stamp(self, record: dict[str, Any]) -> dict[str, Any]:
         return {**record, "worker": self.store.worker.as_dict(), "run_id": self.store.run_id}
 
-    def _finished_count(self) -> int:
-        canonical = self.store.canonical()
-        return sum(
-            1 for key in self.all_keys
-            if key.id in canonical and canonical[key.id].state in FINISHED_STATES
-        )
-
     def collect(self, keys: Sequence[TrialKey]) -> list[SweepTrial]:
         """One SweepTrial per key: its finished trial, or its state if it has none yet."""
         canonical = self.store.canonical()
@@ -367,6 +374,7 @@ class _Sweeper:
             return
         from batchsage.cli._app import write_json
 
+        self.written_at = time.perf_counter()
         document = result.to_dict()
         write_json(Path(self.out_dir) / "sweep.json", document)
         if plot and any(trial.finished for trial in result.trials):
