@@ -20,8 +20,8 @@ Protocol (DESIGN.md "Measuring whether a recommendation is right"; docs/groundtr
 4. Time to target = steps × the median step time at that B pooled over the whole grid; best = the
    configuration with the smallest median over seeds; regret and decision cost per strategy.
 
-Resumable: the sweeps live in an Optuna SQLite storage (``out/groundtruth/<task>.db``, ignored by
-git) and every decision and strategy run is saved in the output JSON as soon as it is made,
+Resumable: the sweeps live in an Optuna SQLite storage (``~/.cache/batchsage/groundtruth/<task>.db``,
+outside the repository) and every decision and strategy run is saved in the output JSON as soon as it is made,
 so stopping and re-running the same command continues where it stopped.
 """
 
@@ -355,13 +355,14 @@ def _float(value: Any) -> float:
     return float(value) if value is not None else math.nan
 
 
-#: Where the Optuna storages live by default: under the repository's ignored ``out/``, so the
-#: SQLite files (and their lock files) are never committed with the results.
-STORAGE_DIR = Path(__file__).resolve().parent.parent / "out" / "groundtruth"
+#: Where the Optuna storages live by default: outside the working tree (a user cache directory), so
+#: the SQLite files and their lock files are never committed, and no ``make clean`` or test that
+#: empties ``out/`` can delete a run's state under it.
+STORAGE_DIR = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "batchsage" / "groundtruth"
 
 
 def storage_path(out: Path, directory: Path | None = None) -> Path:
-    """The SQLite file that holds a result's sweeps: ``out/groundtruth/<result stem>.db``."""
+    """The SQLite file that holds a result's sweeps: ``<storage dir>/<result stem>.db``."""
     return (directory or STORAGE_DIR) / f"{out.stem}.db"
 
 
