@@ -19,8 +19,9 @@ How a step is measured depends on the device (one small class each, same interfa
 * CPU — :class:`ForkedPeakRSSMeter`: the budget is the **peak resident memory (RSS) of a training
   process** — Python, torch, the data set, model, optimiser state, gradients and activations.
   Each step runs in a child forked from this process (after torch is imported, so no child pays
-  the import) whose data segment is limited by ``setrlimit(RLIMIT_DATA)`` to a little more than the
-  budget: a step that would need far more fails inside the child and the parent survives. The
+  the import) whose data segment is limited by ``setrlimit(RLIMIT_DATA)`` to about twice the
+  budget's headroom: a step that would need far more fails inside the child and the parent
+  survives. The
   child reads its own high-water mark ``VmHWM`` from ``/proc/self/status`` (reset at fork to the
   child's resident size, so it counts what the step touches on top of the inherited pages).
   The child runs with one intra-op thread: GNU OpenMP's thread pool does not survive ``fork``.
@@ -36,7 +37,6 @@ fresh model from ``task.make_model()`` (in a child on CPU; a copy under a forked
 from __future__ import annotations
 
 import copy
-import gc
 import json
 import math
 import os
@@ -74,11 +74,18 @@ AIM = 0.98
 #: The default budget keeps this fraction of the available memory free (allocator fragmentation,
 #: other processes, measurement error).
 DEFAULT_MARGIN_FRACTION = 0.10
-#: A CPU child may grow this fraction of its headroom beyond the budget before its allocations fail:
-#: a step slightly over budget still completes and gives a measured point for the fit.
-OVERSHOOT_FRACTION = 0.25
+#: A CPU child's data segment may grow to this many times its headroom (budget − its starting
+#: size), and at least ``GUARD_MIN_BYTES``, before allocations fail. The limit is on virtual data
+#: size, which runs ahead of resident memory, so it only stops steps far over budget; a step
+#: somewhat over budget completes and gives a measured point for the fit.
+GUARD_FACTOR = 2.0
+GUARD_MIN_BYTES = 256 * 1024**2
 #: A CPU child never grows beyond this fraction of the memory the machine has available now.
 MACHINE_FRACTION = 0.8
+#: Training steps per measured batch size: at least the first, more while the peak still grows.
+MIN_STEPS_PER_PROBE = 2
+MAX_STEPS_PER_PROBE = 4
+PLATEAU_FRACTION = 0.01
 #: A measuring child that has not answered after this long is killed and the probe fails.
 CHILD_TIMEOUT_SECONDS = 900.0
 
@@ -108,6 +115,9 @@ class MemoryProbe:
         baseline_bytes: memory held before the step (process resident size on CPU, allocated
             bytes elsewhere).
         seconds: wall-clock time of the measurement.
+        steps: training steps run at this batch size (until the peak stopped growing); for a step
+            that ran out of memory, 1 (the count before the failure is not known).
+        detail: the error a failed step raised.
     """
 
     batch_size: int
@@ -117,6 +127,8 @@ class MemoryProbe:
     role: Role = "probe"
     baseline_bytes: int | None = None
     seconds: float = 0.0
+    steps: int = 1
+    detail: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -125,6 +137,7 @@ class MemoryProbe:
             "fits": self.fits,
             "outcome": self.outcome,
             "role": self.role,
+            "steps": self.steps,
             "seconds": self.seconds,
         }
 
@@ -141,7 +154,9 @@ class MemoryProfile:
         limited_by: "memory", "dataset" (every training sample fits in one step) or "limit"
             (the caller's ``max_batch_size_limit``).
         probes: every measured step, in order.
-        steps_used: real training steps measured (one per probe).
+        measurements: batch sizes measured (probes and verifications).
+        steps_used: real training steps run for them (a few per measurement, see
+            :func:`run_training_steps`).
         seconds: wall-clock time of the whole probe.
         budget_source: "given" or how the default was derived.
     """
@@ -152,6 +167,7 @@ class MemoryProfile:
     max_batch_size: int
     limited_by: Literal["memory", "dataset", "limit"]
     probes: list[MemoryProbe]
+    measurements: int
     steps_used: int
     seconds: float
     dataset_size: int
@@ -172,6 +188,7 @@ class MemoryProfile:
             "max_batch_size": self.max_batch_size,
             "limited_by": self.limited_by,
             "dataset_size": self.dataset_size,
+            "measurements": self.measurements,
             "steps_used": self.steps_used,
             "seconds": self.seconds,
             "budget_source": self.budget_source,
@@ -196,22 +213,34 @@ class StepMemoryMeter(Protocol):
     def default_budget_bytes(self) -> tuple[int, str]: ...
 
 
-def run_training_steps(task: Task, model: nn.Module, batch_size: int, device: Device) -> None:
-    """A warm step at B=1 (creates the optimiser state, as in steady training), then one at B.
+def run_training_steps(task: Task, model: nn.Module, batch_size: int, device: Device,
+                       read_peak: Callable[[], int]) -> tuple[int, int]:
+    """Training steps at ``batch_size`` until the peak stops growing; returns (peak bytes, steps).
 
-    The peak of the second step is the steady-state peak: parameters, optimiser state, the batch,
-    activations and gradients all alive together, as in every step after the first.
+    One step is not enough: during the first, the optimiser state does not exist yet (it is
+    created by the first ``optimizer.step()``), and allocators settle over a few steps (glibc
+    raises its mmap threshold after the first frees, after which freed activations stay resident).
+    So at least ``MIN_STEPS_PER_PROBE`` steps run, and more, up to ``MAX_STEPS_PER_PROBE``, while a
+    step still raises the peak by more than ``PLATEAU_FRACTION`` of the step's own memory.
     """
+    baseline = read_peak()
     optimizer = task.make_optimizer(model.parameters(), task.base_lr)
     stream = BatchStream(task.train_data, seed=task.seed)
-    for size in (1, batch_size):
-        batch = move_to(stream.next_batch(size), device.torch_device)
+    peaks: list[int] = []
+    while len(peaks) < MAX_STEPS_PER_PROBE:
+        batch = move_to(stream.next_batch(batch_size), device.torch_device)
         optimizer.zero_grad(set_to_none=True)
         loss = accumulate_gradients(model, batch, task.loss_fn, 1)
         if math.isfinite(loss):
             optimizer.step()
         del batch
-    device.synchronize()
+        device.synchronize()
+        peaks.append(read_peak())
+        if len(peaks) >= MIN_STEPS_PER_PROBE and (
+            peaks[-1] - peaks[-2] <= PLATEAU_FRACTION * max(peaks[-1] - baseline, 1)
+        ):
+            break
+    return peaks[-1], len(peaks)
 
 
 class ForkedPeakRSSMeter:
@@ -267,8 +296,8 @@ def _child_main(task: Task, batch_size: int, budget_bytes: int, machine_bytes: i
         torch.set_num_threads(1)  # libgomp's pool does not survive fork: more threads would hang
         status = _proc_status()
         report["baseline"] = status["VmRSS"]
-        overshoot = int(max(budget_bytes - status["VmRSS"], 0) * OVERSHOOT_FRACTION)
-        growth = max(min(budget_bytes + overshoot - status["VmRSS"], machine_bytes), 0)
+        headroom = max(budget_bytes - status["VmRSS"], 0)
+        growth = min(max(int(headroom * GUARD_FACTOR), headroom + GUARD_MIN_BYTES), machine_bytes)
         limit = status["VmData"] + growth
         _soft, hard = resource.getrlimit(resource.RLIMIT_DATA)
         if hard != resource.RLIM_INFINITY:
@@ -276,9 +305,9 @@ def _child_main(task: Task, batch_size: int, budget_bytes: int, machine_bytes: i
         resource.setrlimit(resource.RLIMIT_DATA, (limit, hard))
         torch.manual_seed(task.seed)
         model = task.make_model()
-        run_training_steps(task, model, batch_size, Device(torch.device("cpu")))
-        report["peak"] = _proc_status()["VmHWM"]
-        report["outcome"] = "finished"
+        peak, steps = run_training_steps(task, model, batch_size, Device(torch.device("cpu")),
+                                         lambda: _proc_status()["VmHWM"])
+        report.update(peak=peak, steps=steps, outcome="finished")
     except BaseException as exc:  # the child must always answer
         report["outcome"] = "out of memory" if is_out_of_memory(exc) else "error"
         report["error"] = f"{type(exc).__name__}: {str(exc)[:300]}"
@@ -357,10 +386,10 @@ def _probe_from_report(report: dict[str, Any], status: int, batch_size: int, bud
         peak = int(report["peak"])
         fits = peak <= budget_bytes
         return MemoryProbe(batch_size, peak, fits, "fits" if fits else "over budget",
-                           baseline_bytes=baseline, seconds=seconds)
+                           baseline_bytes=baseline, seconds=seconds, steps=int(report["steps"]))
     if outcome == "out of memory":
         return MemoryProbe(batch_size, None, False, "out of memory", baseline_bytes=baseline,
-                           seconds=seconds)
+                           seconds=seconds, detail=str(report.get("error", "")))
     if outcome == "error":
         raise ProbeError(f"a training step at batch size {batch_size} failed: {report.get('error')}")
     # No report: the child died, most likely killed by the kernel for want of memory.
@@ -396,15 +425,16 @@ class AllocatorPeakMeter:
     def measure(self, batch_size: int, budget_bytes: int) -> MemoryProbe:
         start = time.perf_counter()
         dev = self.device
-        dev.empty_cache()
-        dev.reset_peak_memory()
+        dev.reset_peak_memory()  # the previous measurement emptied the cache on its way out
         baseline = dev.peak_memory_bytes()
         out_of_memory = False
+        steps = 1
         with preserved_rng(dev):
             torch.manual_seed(self.task.seed)
             try:
                 model = fresh_model(self.task).to(dev.torch_device)
-                run_training_steps(self.task, model, batch_size, dev)
+                _peak, steps = run_training_steps(self.task, model, batch_size, dev,
+                                                  lambda: dev.peak_memory_bytes() or 0)
             except Exception as exc:
                 if not is_out_of_memory(exc):
                     raise ProbeError(
@@ -417,10 +447,10 @@ class AllocatorPeakMeter:
         seconds = time.perf_counter() - start
         if peak is None:
             return MemoryProbe(batch_size, None, False, "out of memory", baseline_bytes=baseline,
-                               seconds=seconds)
+                               seconds=seconds, steps=steps)
         fits = peak <= budget_bytes
         return MemoryProbe(batch_size, peak, fits, "fits" if fits else "over budget",
-                           baseline_bytes=baseline, seconds=seconds)
+                           baseline_bytes=baseline, seconds=seconds, steps=steps)
 
 
 def make_meter(task: Task, device: Device) -> StepMemoryMeter:
@@ -464,7 +494,7 @@ def search_ceiling(
     cap: int,
     *,
     tolerance: float = 0.05,
-    max_steps: int = 6,
+    max_measurements: int = 6,
     first_batch_size: int = FIRST_BATCH_SIZE,
     on_probe: Callable[[MemoryProbe], None] | None = None,
 ) -> list[MemoryProbe]:
@@ -490,7 +520,7 @@ def search_ceiling(
         run(1, "probe")
     if not any(p.fits for p in probes):
         raise MemoryBudgetError(_too_small_message(probes[-1], budget_bytes))
-    while len(probes) < max_steps:
+    while len(probes) < max_measurements:
         low, high = _bracket(probes)
         if low.batch_size >= cap or (high is not None and high.batch_size <= low.batch_size + 1):
             break
@@ -529,7 +559,7 @@ def estimate_crossing(probes: list[MemoryProbe], budget_bytes: int) -> float | N
     Regula falsi between the largest fitting and the smallest over-budget measured step when the
     budget is bracketed by two measured peaks; otherwise the secant through the two largest
     fitting steps, extrapolated. ``inf`` when memory did not grow between them; None when there
-    is only one measured point.
+    is only one measured point, or when a step the line says fits ran out of memory.
     """
     low, high = _bracket(probes)
     if high is not None and high.peak_bytes is not None and high.peak_bytes > low.peak_bytes:
@@ -541,8 +571,10 @@ def estimate_crossing(probes: list[MemoryProbe], budget_bytes: int) -> float | N
     previous = max(below, key=lambda p: p.batch_size)
     slope = (low.peak_bytes - previous.peak_bytes) / (low.batch_size - previous.batch_size)
     crossing = math.inf if slope <= 0 else low.batch_size + (budget_bytes - low.peak_bytes) / slope
-    if high is not None:  # an out-of-memory step above: the ceiling is below it whatever the line says
-        crossing = min(crossing, high.batch_size - 1)
+    if high is not None and crossing >= high.batch_size:
+        # A step the line says fits ran out of memory: the line is wrong up there. No estimate;
+        # the search bisects (in log space) between the two.
+        return None
     return crossing
 
 
@@ -587,7 +619,7 @@ def probe_memory(
     max_batch_size_limit: int | None = None,
     *,
     tolerance: float = 0.05,
-    max_steps: int = 6,
+    max_measurements: int = 6,
     on_probe: Callable[[MemoryProbe], None] | None = None,
     meter: StepMemoryMeter | None = None,
 ) -> MemoryProfile:
@@ -601,7 +633,7 @@ def probe_memory(
             less ``DEFAULT_MARGIN_FRACTION`` of the available memory.
         max_batch_size_limit: never probe beyond this batch size.
         tolerance: stop once the ceiling is known within this fraction.
-        max_steps: at most this many real steps (probes and verifications together).
+        max_measurements: at most this many batch sizes measured (probes and verifications).
         on_probe: called after each measured step (progress display).
         meter: how a step is measured (default: chosen by the device).
 
@@ -622,8 +654,10 @@ def probe_memory(
         cap = min(cap, max_batch_size_limit)
     if not 0 < tolerance < 1:
         raise ConfigError(f"tolerance must be between 0 and 1, got {tolerance!r}")
-    if max_steps < 3:
-        raise ConfigError(f"max_steps must be at least 3 (two probes and a verification), got {max_steps}")
+    if max_measurements < 3:
+        raise ConfigError(
+            f"max_measurements must be at least 3 (two probes and a verification), got {max_measurements}"
+        )
     meter = meter or make_meter(task, dev)
     if budget_bytes is None:
         budget, source = meter.default_budget_bytes()
@@ -633,9 +667,8 @@ def probe_memory(
         budget, source = budget_bytes, "given"
     probes = search_ceiling(
         lambda size: meter.measure(size, budget), budget, cap, tolerance=tolerance,
-        max_steps=max_steps, on_probe=on_probe,
+        max_measurements=max_measurements, on_probe=on_probe,
     )
-    gc.collect()
     low, _high = _bracket(probes)
     fixed, per_sample = fit_line(probes)
     if low.batch_size < cap:
@@ -650,7 +683,8 @@ def probe_memory(
         max_batch_size=low.batch_size,
         limited_by=limited_by,
         probes=probes,
-        steps_used=len(probes),
+        measurements=len(probes),
+        steps_used=sum(p.steps for p in probes),
         seconds=time.perf_counter() - start,
         dataset_size=dataset_size,
         device=str(dev),
@@ -673,7 +707,8 @@ def _notes(probes: list[MemoryProbe], budget: int, cap: int, ceiling: int, limit
         crossing = estimate_crossing(probes, budget)
         if crossing is not None and math.isfinite(crossing) and crossing > ceiling * (1 + tolerance):
             notes.append(
-                f"step limit reached: the line predicts up to B≈{crossing:.0f}, measured up to {ceiling}"
+                f"measurement limit reached: the line predicts up to B≈{crossing:.0f}, "
+                f"measured up to {ceiling}"
             )
     if any(p.outcome in ("out of memory", "killed") for p in probes):
         notes.append("a probe ran out of memory in its child process; it counts as not fitting")
