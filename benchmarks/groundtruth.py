@@ -16,9 +16,12 @@ Protocol (DESIGN.md "Measuring whether a recommendation is right"; docs/groundtr
    could be the best is pruned; a trial past ``--censor-factor`` × the best time so far (of its
    seed) is cut and recorded as censored.
 3. Strategy choices that are not plain grid points (batchsage's warmup or accumulation) are trained
-   for every seed with the same loop.
-4. Time to target = steps × the median step time at that B pooled over the whole grid; best = the
-   configuration with the smallest median over seeds; regret and decision cost per strategy.
+   for every seed with the same loop (after step 4's timing, cut at the censor bound in steps).
+4. t(B) for every batch size used, timed interleaved (every round visits every B in a new random
+   order; median over rounds). Time to target = steps to target × t(B); a grid trial the sweep cut
+   on its clock while its steps × t(B) were still within the censor bound is re-run, cut by steps.
+   Best = the configuration with the smallest median over seeds; regret and decision cost per
+   strategy.
 
 Resumable: the sweeps live in an Optuna SQLite storage (``~/.cache/batchsage/groundtruth/<task>.db``,
 outside the repository) and every decision and strategy run is saved in the output JSON as soon as it is made,
@@ -49,7 +52,7 @@ from batchsage.cli._app import write_json
 from batchsage.errors import BatchsageError, ConfigError
 from batchsage.plan import scaled_lr
 from batchsage.task import Task, load_task
-from batchsage.training import train
+from batchsage.training import StepUpdate, TrainingHook, TrainState, train
 from gt_regret import Trial
 from gt_strategies import Choice
 
@@ -76,6 +79,8 @@ class Settings:
     progress: bool = True
     storage_dir: Path | None = None
     shuffle_seed: int = 0
+    threads: int | None = 1
+    timing_rounds: int = 5
 
     def seed_list(self, task: Task) -> list[int]:
         return [task.seed + index for index in range(self.seeds)]
@@ -94,12 +99,13 @@ class State:
 
     @classmethod
     def load(cls, path: Path, storage_dir: Path | None = None) -> State:
-        """Resume a partial result at ``path``; a complete (or absent) one starts afresh."""
+        """Resume the result at ``path`` (partial or complete: its decisions, timing and runs are
+        kept and the scores recomputed); absent, start afresh."""
         import json
 
         if path.is_file():
             document = json.loads(path.read_text())
-            if document.get("status") == "partial":
+            if isinstance(document, dict) and "decisions" in document:
                 return cls(path, document, storage_dir)
         return cls(path, {"status": "partial", "decisions": {}, "strategy_runs": []}, storage_dir)
 
@@ -115,6 +121,13 @@ class State:
 
     def add_strategy_run(self, trial: Trial) -> None:
         self.document.setdefault("strategy_runs", []).append(trial.to_dict())
+        self.save()
+
+    def rechecks(self) -> list[Trial]:
+        return [Trial.from_dict(run) for run in self.document.setdefault("rechecks", [])]
+
+    def add_recheck(self, trial: Trial) -> None:
+        self.document.setdefault("rechecks", []).append(trial.to_dict())
         self.save()
 
 
@@ -348,6 +361,7 @@ def _from_sweep(record: Any, source: str) -> Trial:
         train_seconds=_float(getattr(record, "train_seconds", None)),
         final_metric=_float(getattr(record, "final_metric", None)),
         source=source,
+        steps_run=getattr(record, "steps", None),
     )
 
 
@@ -377,8 +391,76 @@ def _storage_url(state: State) -> str:
 # --------------------------------------------------------------------------------------------------
 
 
+class StepBudget(TrainingHook):
+    """Stops a run once steps × t(B) passes the censor bound: the clock-free version of the
+    sweep's censoring, in the same units the scores use."""
+
+    def __init__(self, max_steps: int) -> None:
+        self.max_steps = max_steps
+        self.cut = False
+
+    def on_step_end(self, state: TrainState) -> StepUpdate | None:
+        if state.step >= self.max_steps:
+            self.cut = True
+            return StepUpdate(stop=True, reason="censored: steps × t(B) past the bound")
+        return None
+
+
+def train_with_step_budget(task: Task, batch_size: int, lr: float, seed: int, settings: Settings,
+                           *, max_steps: int | None, accumulation_steps: int = 1, warmup_steps: int = 0,
+                           source: str) -> Trial:
+    """One run of the shared training loop, cut (censored) after ``max_steps`` steps."""
+    hook = StepBudget(max_steps) if max_steps is not None else None
+    result = train(task, batch_size, lr, accumulation_steps=accumulation_steps,
+                   warmup_steps=warmup_steps, seed=seed, device=settings.device,
+                   hooks=[hook] if hook is not None else [])
+    return Trial(
+        batch_size=batch_size, lr=lr, seed=seed, reached_target=result.reached_target,
+        steps_to_target=result.steps_to_target, measured_seconds_to_target=result.seconds_to_target,
+        trial_step_seconds=result.step_seconds_median,
+        censored=hook is not None and hook.cut and not result.reached_target,
+        diverged=result.diverged, stop_reason=result.stop_reason,
+        accumulation_steps=accumulation_steps, warmup_steps=warmup_steps,
+        train_seconds=result.train_seconds, final_metric=result.final_metric, source=source,
+        steps_run=result.steps,
+    )
+
+
+def _max_steps(bound_seconds: float, step_seconds: float) -> int | None:
+    if not math.isfinite(bound_seconds) or not step_seconds > 0:
+        return None
+    return max(1, math.ceil(bound_seconds / step_seconds))
+
+
+def recheck_censored(task: Task, grid: list[Trial], step_seconds: dict[int, float], best_seconds: float,
+                     settings: Settings, state: State, console: Console) -> list[Trial]:
+    """Re-run every grid trial the sweep cut on its (noisy) clock although its steps so far, at the
+    interleaved t(B), are still within ``censor_factor`` × the best time: such a trial might yet
+    have been the best. The re-run is cut by steps × t(B) instead, the scores' own units."""
+    bound = settings.censor_factor * best_seconds
+    saved = {(t.key, t.seed): t for t in state.rechecks()}
+    checked = []
+    for trial in grid:
+        if not (trial.censored and trial.steps_run is not None
+                and regret_lib.censored_bound(trial, step_seconds) < bound):
+            checked.append(trial)
+            continue
+        if (trial.key, trial.seed) not in saved:
+            console.print(f"  re-checking B={trial.batch_size} lr={trial.lr:.4g} seed={trial.seed}: "
+                          f"cut by the clock after {trial.steps_run} steps")
+            run = train_with_step_budget(
+                task, trial.batch_size, trial.lr, trial.seed, settings, source="recheck",
+                max_steps=_max_steps(bound, regret_lib.trial_step_time(trial, step_seconds)))
+            run.extras = {**trial.extras, "replaces": "censored grid trial"}
+            state.add_recheck(run)
+            saved[(run.key, run.seed)] = run
+        checked.append(saved[(trial.key, trial.seed)])
+    return checked
+
+
 def strategy_trials(choice: Choice, grid: list[Trial], state: State, seeds: list[int], task: Task,
-                    settings: Settings, best_seconds: float, console: Console) -> tuple[list[Trial], bool]:
+                    settings: Settings, step_seconds: dict[int, float], best_seconds: float,
+                    console: Console) -> tuple[list[Trial], bool]:
     """The strategy's runs, one per seed: grid trials when identical, else trained here (saved)."""
     key = regret_lib.config_key(choice.batch_size, choice.lr, choice.accumulation_steps,
                                 choice.warmup_steps)
@@ -386,35 +468,38 @@ def strategy_trials(choice: Choice, grid: list[Trial], state: State, seeds: list
     if {t.seed for t in from_grid} >= set(seeds):
         return [t for t in from_grid if t.seed in seeds], True
     runs = [t for t in state.strategy_runs() if t.key == key]
+    micro = choice.batch_size // choice.accumulation_steps
+    step = choice.accumulation_steps * step_seconds.get(micro, math.nan)
     for seed in seeds:
         if any(run.seed == seed for run in runs):
             continue
         console.print(f"  training {choice.name}: B={choice.batch_size}, lr={choice.lr:.4g}, "
                       f"accumulation {choice.accumulation_steps}, warmup {choice.warmup_steps}, "
                       f"seed {seed}")
-        run = train_strategy_run(task, choice, seed, settings, settings.censor_factor * best_seconds)
+        run = train_with_step_budget(
+            task, choice.batch_size, choice.lr, seed, settings, source=choice.name,
+            max_steps=_max_steps(settings.censor_factor * best_seconds, step),
+            accumulation_steps=choice.accumulation_steps, warmup_steps=choice.warmup_steps)
         state.add_strategy_run(run)
         runs.append(run)
     return [run for run in runs if run.seed in seeds], False
 
 
-def train_strategy_run(task: Task, choice: Choice, seed: int, settings: Settings,
-                       max_seconds: float | None) -> Trial:
-    micro = choice.batch_size // choice.accumulation_steps
-    batch_size = min(choice.batch_size, task.num_train_samples)
-    if micro * choice.accumulation_steps != batch_size:
-        raise ConfigError(f"{choice.name}: batch {batch_size} is not micro × accumulation")
-    result = train(task, batch_size, choice.lr, accumulation_steps=choice.accumulation_steps,
-                   warmup_steps=choice.warmup_steps, seed=seed, device=settings.device,
-                   max_seconds=max_seconds if max_seconds and math.isfinite(max_seconds) else None)
-    return Trial(
-        batch_size=batch_size, lr=choice.lr, seed=seed, reached_target=result.reached_target,
-        steps_to_target=result.steps_to_target, measured_seconds_to_target=result.seconds_to_target,
-        trial_step_seconds=result.step_seconds_median, censored=result.stop_reason == "time budget",
-        diverged=result.diverged, stop_reason=result.stop_reason,
-        accumulation_steps=choice.accumulation_steps, warmup_steps=choice.warmup_steps,
-        train_seconds=result.train_seconds, final_metric=result.final_metric, source=choice.name,
-    )
+def measure_step_times(task: Task, batch_sizes: list[int], settings: Settings, state: State,
+                       console: Console) -> dict[int, float]:
+    """t(B) for every batch size any trial uses, interleaved (saved; measured once per result)."""
+    saved = state.document.get("timing")
+    if saved is not None:
+        timing = strategies.StepTiming.from_dict(saved)
+        if set(batch_sizes) <= set(timing.step_seconds):
+            return timing.step_seconds
+    with console.status(f"timing steps at {len(batch_sizes)} batch sizes, {settings.timing_rounds} "
+                        "interleaved rounds"):
+        timing = strategies.time_batch_sizes(task, batch_sizes, rounds=settings.timing_rounds,
+                                             device=settings.device, seed=settings.shuffle_seed)
+    state.document["timing"] = timing.to_dict()
+    state.save()
+    return timing.step_seconds
 
 
 # --------------------------------------------------------------------------------------------------
@@ -433,7 +518,7 @@ def grid_rows(trials: list[Trial], step_seconds: dict[int, float]) -> list[dict[
             "reached_target": trial.reached_target,
             "seconds_to_target": seconds if math.isfinite(seconds) else None,
             "steps_to_target": trial.steps_to_target,
-            "step_seconds": step_seconds.get(trial.batch_size, trial.trial_step_seconds),
+            "step_seconds": regret_lib.trial_step_time(trial, step_seconds),
             "lr_multiplier": trial.extras.get("lr_multiplier"),
             "measured_seconds_to_target": trial.measured_seconds_to_target,
             "trial_step_seconds": trial.trial_step_seconds,
@@ -442,6 +527,8 @@ def grid_rows(trials: list[Trial], step_seconds: dict[int, float]) -> list[dict[
             "stop_reason": trial.stop_reason,
             "train_seconds": trial.train_seconds,
             "final_metric": trial.final_metric,
+            "steps_run": trial.steps_run,
+            "source": trial.source,
         })
     return rows
 
@@ -567,7 +654,20 @@ def _diagnosis_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
 def run_groundtruth(task_spec: str | Task, out: Path, settings: Settings,
                     console: Console | None = None) -> dict[str, Any]:
     """Run (or resume) the whole protocol for one task and write ``out``; returns the document."""
-    console = console or Console()
+    threads = torch.get_num_threads()
+    try:
+        return _run_groundtruth(task_spec, out, settings, console or Console())
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run_groundtruth(task_spec: str | Task, out: Path, settings: Settings,
+                     console: Console) -> dict[str, Any]:
+    if settings.threads is not None:
+        # On a shared CPU, intra-op threads that wait for each other turn every scheduling delay
+        # into a stalled step (measured here under load 8 on 2 cores: the same step took 0.5 to
+        # 450 ms with 2 threads, ±20 % with 1); every part of the run uses the same setting.
+        torch.set_num_threads(settings.threads)
     task = load_task(task_spec)
     state = State.load(out, settings.storage_dir)
     document = state.document
@@ -591,21 +691,24 @@ def run_groundtruth(task_spec: str | Task, out: Path, settings: Settings,
              and (c.batch_size, c.lr) in plain]
     grid = run_grid(task, batch_sizes, configs, seeds, first, settings, state)
 
-    step_seconds = regret_lib.step_seconds_by_batch(grid)
+    micro_sizes = {c.batch_size // c.accumulation_steps for c in choices.values()}
+    timed = sorted({t.batch_size for t in grid} | micro_sizes)
+    step_seconds = measure_step_times(task, timed, settings, state, console)
+    best = _best_or_fail(task, grid, step_seconds)
+    grid = recheck_censored(task, grid, step_seconds, best.seconds_to_target, settings, state, console)
     summaries = regret_lib.summarise_configs(grid, step_seconds)
-    best = regret_lib.best_config(summaries)
-    if best is None:
-        raise ConfigError(f"no grid configuration of {task.name!r} reached the target: "
-                          "raise the task's max_samples or lower its target")
+    best = _best_or_fail(task, grid, step_seconds)
     results = {}
     for name, choice in choices.items():
-        runs, reused = strategy_trials(choice, grid, state, seeds, task, settings,
+        runs, reused = strategy_trials(choice, grid, state, seeds, task, settings, step_seconds,
                                        best.seconds_to_target, console)
         results[name] = strategy_result(choice, runs, reused, step_seconds, best.seconds_to_target)
     all_trials = grid + state.strategy_runs()
     document.update({
         "grid": grid_rows(grid, step_seconds),
         "step_seconds_by_batch": {str(b): s for b, s in sorted(step_seconds.items())},
+        "grid_step_seconds_by_batch": {
+            str(b): s for b, s in sorted(regret_lib.step_seconds_by_batch(grid).items())},
         "configs": [_summary_row(s) for s in summaries],
         "best": {"batch_size": best.batch_size, "lr": best.lr,
                  "seconds_to_target": best.seconds_to_target},
@@ -617,6 +720,15 @@ def run_groundtruth(task_spec: str | Task, out: Path, settings: Settings,
     document["load_average"]["end"] = load_average()
     state.save()
     return document
+
+
+def _best_or_fail(task: Task, trials: list[Trial],
+                  step_seconds: dict[int, float]) -> regret_lib.ConfigSummary:
+    best = regret_lib.best_config(regret_lib.summarise_configs(trials, step_seconds))
+    if best is None:
+        raise ConfigError(f"no grid configuration of {task.name!r} reached the target: "
+                          "raise the task's max_samples or lower its target")
+    return best
 
 
 def _summary_row(summary: regret_lib.ConfigSummary) -> dict[str, Any]:
@@ -642,8 +754,11 @@ def _protocol(task: Task, settings: Settings, seeds: list[int], ceiling: int,
         "memory_budget_bytes": settings.memory_budget_bytes,
         "configurations": configs,
         "censor_factor": settings.censor_factor,
-        "time_to_target": "steps_to_target × median step time at that B over all grid trials "
-                          "(measured_seconds_to_target keeps each trial's own clock)",
+        "time_to_target": "steps_to_target × t(B), t(B) timed for every B interleaved in the same "
+                          "run (median over rounds); measured_seconds_to_target keeps each trial's "
+                          "own clock, grid_step_seconds_by_batch the grid trials' pooled medians",
+        "torch_threads": settings.threads,
+        "timing_rounds": settings.timing_rounds,
     }
 
 
@@ -677,6 +792,11 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, S
                         help=f"where the resumable SQLite storage goes (default {STORAGE_DIR})")
     parser.add_argument("--fresh", action="store_true",
                         help="discard a saved partial run instead of resuming it")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch intra-op threads (default 1: stable timings on a shared CPU; "
+                             "0 keeps torch's default)")
+    parser.add_argument("--timing-rounds", type=int, default=5,
+                        help="interleaved rounds of the step-time measurement")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     names = tuple(n.strip() for n in args.strategies.split(",") if n.strip())
@@ -691,6 +811,7 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, S
         min_batch_size=args.min_batch_size, max_batch_size=args.max_batch_size,
         censor_factor=args.censor_factor, recommend_budget_seconds=args.recommend_budget_seconds,
         strategies=names, progress=not args.no_progress, storage_dir=args.storage_dir,
+        threads=args.threads or None, timing_rounds=args.timing_rounds,
     )
     return args, settings
 

@@ -4,10 +4,10 @@ Pure Python on trial records, no torch, so it is tested without training anythin
 
 Definitions (DESIGN.md "Measuring whether a recommendation is right"):
 
-- a trial's time to target = its steps to target × the median step time at its batch size, where
-  that median is taken over *every* trial run at that batch size in the same (interleaved) run.
-  On a shared machine one trial's own clock is noisy (±20 % between runs); the pooled median is
-  not, and steps do not depend on the clock at all. The trial's own measured seconds are kept
+- a trial's time to target = its steps to target × the step time t(B) at its batch size, measured
+  for all batch sizes interleaved in the same run (``gt_strategies.time_batch_sizes``; or pooled
+  over the grid's trials, :func:`step_seconds_by_batch`). On a shared machine one trial's own clock
+  is noisy; steps do not depend on the clock at all. The trial's own measured seconds are kept
   beside it (``measured_seconds_to_target``).
 - a configuration's time = the median over seeds of its trials' times; a seed that did not reach
   the target (budget, divergence, or cut at ``censor_factor`` × the best time so far) counts as
@@ -49,6 +49,7 @@ class Trial:
     train_seconds: float = math.nan
     final_metric: float = math.nan
     source: str = "grid"
+    steps_run: int | None = None
     extras: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -91,17 +92,20 @@ def step_seconds_by_batch(trials: Iterable[Trial]) -> dict[int, float]:
     return {batch: statistics.median(times) for batch, times in pooled.items() if times}
 
 
-def time_to_target(trial: Trial, step_seconds: dict[int, float]) -> float:
-    """steps × the pooled median step time at the trial's batch size; inf when not reached.
+def trial_step_time(trial: Trial, step_seconds: dict[int, float]) -> float:
+    """The step time charged to a trial: t(micro-batch) × accumulation from ``step_seconds``,
+    or the trial's own median step time when its micro-batch was not measured."""
+    micro = trial.batch_size // trial.accumulation_steps
+    if micro in step_seconds:
+        return trial.accumulation_steps * step_seconds[micro]
+    return trial.trial_step_seconds
 
-    A trial with accumulation runs a different step than the plain trials at its batch size, so
-    it keeps its own median step time.
-    """
+
+def time_to_target(trial: Trial, step_seconds: dict[int, float]) -> float:
+    """steps to target × the step time at the trial's batch size; inf when not reached."""
     if not trial.reached_target or trial.steps_to_target is None:
         return math.inf
-    pooled = step_seconds.get(trial.batch_size) if trial.accumulation_steps == 1 else None
-    seconds = pooled if pooled is not None else trial.trial_step_seconds
-    return trial.steps_to_target * seconds
+    return trial.steps_to_target * trial_step_time(trial, step_seconds)
 
 
 def median_time(times: Sequence[float]) -> float:
@@ -165,19 +169,24 @@ def decision_cost(decision_seconds: float, best_seconds: float) -> float:
     return decision_seconds / best_seconds
 
 
+def censored_bound(trial: Trial, step_seconds: dict[int, float]) -> float:
+    """What a cut trial is known to need at least: the steps it ran × its step time."""
+    return (trial.steps_run or 0) * trial_step_time(trial, step_seconds)
+
+
 def censored_lower_bound(trials: Sequence[Trial], step_seconds: dict[int, float],
                          best_seconds: float) -> float | None:
     """For a configuration whose median is inf because runs were cut: the regret it at least has.
 
-    A cut run trained ``train_seconds`` without reaching the target, so its time to target is at
-    least that. Returns the median of (reached: time, cut: train seconds) ÷ best, or None.
+    A cut run did ``steps_run`` steps without reaching the target, so its time to target is at
+    least steps_run × its step time. Returns the median of these bounds ÷ best, or None.
     """
     bounds = []
     for trial in trials:
         if trial.reached_target:
             bounds.append(time_to_target(trial, step_seconds))
-        elif trial.censored and math.isfinite(trial.train_seconds):
-            bounds.append(trial.train_seconds)
+        elif trial.censored and trial.steps_run is not None:
+            bounds.append(censored_bound(trial, step_seconds))
         else:
             return None  # diverged or out of budget: no finite bound says anything useful
     if not bounds:

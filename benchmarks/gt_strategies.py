@@ -223,3 +223,57 @@ def choose_batchsage(task: Task, *, device: str | None = "cpu", memory_budget_by
                              "predicted_steps": r.get("predicted_steps"),
                              "b_noise": rec.b_noise, "s_min": rec.s_min})
     return choice, rec
+
+
+@dataclass
+class StepTiming:
+    """Step time per batch size, measured interleaved: every round times every B, shuffled."""
+
+    step_seconds: dict[int, float]
+    rounds: list[dict[int, float]]
+    seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "step_seconds": {str(b): s for b, s in sorted(self.step_seconds.items())},
+            "rounds": [{str(b): s for b, s in sorted(r.items())} for r in self.rounds],
+            "seconds": self.seconds,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> StepTiming:
+        return cls(
+            step_seconds={int(b): float(s) for b, s in data["step_seconds"].items()},
+            rounds=[{int(b): float(s) for b, s in r.items()} for r in data["rounds"]],
+            seconds=float(data["seconds"]),
+        )
+
+
+def time_batch_sizes(task: Task, batch_sizes: list[int], *, rounds: int = 5, steps: int = 3,
+                     long_step_seconds: float = 1.0, device: str | Device | None = "cpu",
+                     seed: int = 0) -> StepTiming:
+    """t(B) for every B: the median over ``rounds`` of the median of ``steps`` timed steps.
+
+    Each round visits every B in a fresh random order (after one untimed warm-up step), so a
+    change in the machine's load hits all batch sizes alike and the ratios between them — all
+    that regret depends on — stay fair; the median over rounds discards the rounds a burst of
+    load fell on. A B whose warm-up step took longer than ``long_step_seconds`` is timed on one
+    step per round (a long step already averages over many scheduler slices).
+    """
+    import random
+
+    start = time.perf_counter()
+    order = sorted(set(batch_sizes))
+    generator = random.Random(seed)
+    measured: list[dict[int, float]] = []
+    for _ in range(rounds):
+        runner = StepRunner(task, device, seed=seed)  # fresh weights: no drift towards NaN
+        generator.shuffle(order)
+        this_round = {}
+        for batch in order:
+            warmup = runner.step_seconds(batch, 1)[0]
+            count = 1 if warmup > long_step_seconds else steps
+            this_round[batch] = statistics.median(runner.step_seconds(batch, count))
+        measured.append(this_round)
+    medians = {b: statistics.median(r[b] for r in measured) for b in order}
+    return StepTiming(medians, measured, time.perf_counter() - start)

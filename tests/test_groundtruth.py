@@ -29,6 +29,12 @@ def trial(batch: int, lr: float, seed: int, steps: int | None, step_seconds: flo
 # -- arithmetic -------------------------------------------------------------------------------------
 
 
+def test_accumulation_is_charged_per_micro_batch_step() -> None:
+    accumulated = trial(64, 0.1, 0, 10, 0.5, accumulation_steps=4)
+    assert gt_regret.time_to_target(accumulated, {16: 0.01, 64: 0.03}) == pytest.approx(10 * 4 * 0.01)
+    assert gt_regret.time_to_target(accumulated, {64: 0.03}) == pytest.approx(10 * 0.5)
+
+
 def test_time_to_target_uses_pooled_median_step_time_not_the_trials_own_clock() -> None:
     trials = [trial(32, 0.1, 0, 100, 0.010), trial(32, 0.2, 0, 50, 0.030), trial(32, 0.1, 1, 80, 0.011)]
     pooled = gt_regret.step_seconds_by_batch(trials)
@@ -72,8 +78,8 @@ def test_regret_and_decision_cost_are_ratios_to_the_best_time() -> None:
 
 def test_censored_runs_give_a_lower_bound_but_diverged_ones_do_not() -> None:
     pooled = {32: 0.01}
-    cut = [trial(32, 0.1, 0, None, 0.01, censored=True, train_seconds=9.0),
-           trial(32, 0.1, 1, None, 0.01, censored=True, train_seconds=11.0)]
+    cut = [trial(32, 0.1, 0, None, 0.01, censored=True, steps_run=900),
+           trial(32, 0.1, 1, None, 0.01, censored=True, steps_run=1100)]
     assert gt_regret.censored_lower_bound(cut, pooled, 2.0) == pytest.approx(5.0)
     diverged = [trial(32, 0.1, 0, None, 0.01, diverged=True, train_seconds=1.0)]
     assert gt_regret.censored_lower_bound(diverged, pooled, 2.0) is None
@@ -247,3 +253,20 @@ def test_command_line_errors_are_one_line_and_exit_2(tmp_path: Path, capsys) -> 
     assert groundtruth.main(["--task", "linreg", "--strategies", "oracle", "--out", str(out)]) == 2
     assert "unknown strategies" in capsys.readouterr().out
     assert not out.exists()
+
+
+def test_a_trial_cut_by_the_clock_but_not_by_its_steps_is_rerun(tiny_task, tmp_path: Path) -> None:
+    from rich.console import Console
+
+    settings = groundtruth.Settings(censor_factor=3.0, progress=False)
+    state = groundtruth.State.load(tmp_path / "r.json")
+    early = trial(16, 0.1, 0, None, 0.01, censored=True, steps_run=2)     # 2 × 0.01 s ≪ 3 × 1 s
+    hopeless = trial(16, 0.05, 0, None, 0.01, censored=True, steps_run=900)  # 9 s > 3 × 1 s
+    checked = groundtruth.recheck_censored(tiny_task, [early, hopeless], {16: 0.01}, 1.0, settings,
+                                           state, Console(quiet=True))
+    assert checked[1] is hopeless
+    assert checked[0].source == "recheck" and checked[0].reached_target
+    assert [r.key for r in state.rechecks()] == [early.key]
+    again = groundtruth.recheck_censored(tiny_task, [early], {16: 0.01}, 1.0, settings, state,
+                                         Console(quiet=True))
+    assert len(state.rechecks()) == 1 and again[0].steps_to_target == checked[0].steps_to_target
