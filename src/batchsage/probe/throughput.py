@@ -35,8 +35,6 @@ from batchsage.probe.memory import fresh_model, preserved_rng
 from batchsage.task import Task
 from batchsage.training import accumulate_gradients
 
-#: Timed steps a batch size must be able to get for it to be measured at all.
-MIN_TIMED_STEPS = 3
 #: Rounds the timed phase aims for (more if time allows, up to ``MAX_ROUNDS``).
 TARGET_ROUNDS = 5
 MAX_ROUNDS = 50
@@ -244,16 +242,16 @@ def _warm_up(stepper: _Stepper, sizes: list[int], warmup_steps: int, deadline: f
              report: Callable[[str], None]) -> dict[int, float]:
     """Warm up each size, ascending; returns {size: estimated step seconds} for the admitted ones.
 
-    A size is admitted only if its warm-up plus ``MIN_TIMED_STEPS`` timed steps for it and for
-    every size already admitted still fit before the deadline (its cost is extrapolated linearly
-    in B from the previous size: an upper estimate, since step time grows at most linearly).
+    A size is admitted only if its warm-up and one timed step for it and for every size already
+    admitted still fit before the deadline. Its cost is extrapolated from the
+    two largest sizes so far along their log-log slope (clamped to [0, 1]: a larger batch is never
+    faster, nor slower than proportionally), or proportionally from a single one.
     """
     estimates: dict[int, float] = {}
     for size in sizes:
         if estimates:
-            previous = max(estimates)
-            guess = estimates[previous] * size / previous
-            needed = guess * (warmup_steps + MIN_TIMED_STEPS) + MIN_TIMED_STEPS * sum(estimates.values())
+            guess = _extrapolate(estimates, size)
+            needed = guess * (warmup_steps + 1) + sum(estimates.values())
             if time.perf_counter() + needed > deadline:
                 break
         report(f"warming up B={size}")
@@ -262,6 +260,17 @@ def _warm_up(stepper: _Stepper, sizes: list[int], warmup_steps: int, deadline: f
         # makes a step slower, so the minimum is the least noisy estimate of the cost.
         estimates[size] = min(seconds)
     return estimates
+
+
+def _extrapolate(estimates: dict[int, float], size: int) -> float:
+    known = sorted(estimates)
+    last = known[-1]
+    exponent = 1.0
+    if len(known) >= 2:
+        previous = known[-2]
+        ratio = estimates[last] / max(estimates[previous], 1e-12)
+        exponent = min(max(math.log(max(ratio, 1e-12)) / math.log(last / previous), 0.0), 1.0)
+    return estimates[last] * (size / last) ** exponent
 
 
 def _timed_rounds(stepper: _Stepper, estimates: dict[int, float], deadline: float,
