@@ -37,6 +37,7 @@ from batchsage.sweep import (
     doubling_procedure,
     estimate_full_steps,
     grid_trials,
+    nearest_first,
     projected_seconds_to_target,
     rule_lr,
     run_sweep,
@@ -82,6 +83,24 @@ def test_grid_uses_the_lr_rule_puts_first_first_and_seed_replicates_last() -> No
     lrs_64 = sorted(key.lr for key in rest if key.batch_size == 64 and key.seed == 0)
     assert lrs_64 == pytest.approx([0.2, 0.4, 0.8])
     assert rule_lr(task, 64) == pytest.approx(0.4)
+
+
+def test_next_trials_are_those_nearest_the_best_so_far() -> None:
+    task = make_clock_task()
+    keys = grid_trials(task, [16, 64, 256, 1024], seeds=2, first=[(32, 0.2)])
+    multiplier = lambda b, lr: lr / rule_lr(task, b)  # noqa: E731
+    assert nearest_first(keys, pinned=2, best={}, multiplier=multiplier) == keys  # nothing known yet
+    best = TrialKey(256, rule_lr(task, 256), 0)
+    order = nearest_first(keys, pinned=2, best={0: (1.0, best)}, multiplier=multiplier)
+    assert order[:2] == keys[:2] and sorted(order, key=keys.index) == keys  # same keys, head kept
+    seed0 = [key for key in order[2:] if key.seed == 0]
+    assert order[2:2 + len(seed0)] == seed0, "seed 0 still comes before its replicates"
+    assert seed0[0] == best
+    assert {(k.batch_size, round(k.lr / rule_lr(task, k.batch_size), 3)) for k in seed0[1:5]} == {
+        (256, 0.5), (256, 2.0), (64, 1.0), (1024, 1.0)}  # one step away, in B or in lr
+    assert seed0[-1].batch_size == 16  # the farthest
+    replicates = order[2 + len(seed0):]
+    assert replicates[0] == TrialKey(256, best.lr, 1)  # seed 1 starts from seed 0's best
 
 
 def test_grid_with_given_lrs_and_errors() -> None:
@@ -148,8 +167,10 @@ def test_full_cost_estimate_extrapolates_the_trend_and_claims_nothing_without_on
     linear = [(10, 0.1), (20, 0.2), (30, 0.3), (40, 0.4)]  # reaches 1.0 at step 100
     assert estimate_full_steps(linear, 40, 1000, 1.0, True) == 100
     assert estimate_full_steps(linear, 40, 60, 1.0, True) == 60  # capped at the budget
-    flat = [(10, 0.5), (20, 0.5), (30, 0.49)]
-    assert estimate_full_steps(flat, 30, 1000, 1.0, True) == 1000
+    flat = [(10, 0.5), (20, 0.5), (30, 0.5)]
+    assert estimate_full_steps(flat, 30, 1000, 1.0, True) == 1000  # a plateau runs to its budget
+    exploding = [(10, 1.0), (20, 5.0), (30, 1e6)]  # a loss (lower is better) running away
+    assert estimate_full_steps(exploding, 30, 1000, 0.1, False) == 30  # would diverge: no saving
     assert estimate_full_steps(linear[:2], 20, 1000, 1.0, True) == 20  # unknown: no saving claimed
 
 

@@ -14,7 +14,7 @@ cannot win), ``_store`` (the Optuna storage protocol: exactly once), ``_result``
 """
 
 from batchsage.sweep._cut import CutHook, estimate_full_steps, projected_seconds_to_target
-from batchsage.sweep._grid import TrialKey, default_batch_sizes, grid_trials, rule_lr
+from batchsage.sweep._grid import TrialKey, default_batch_sizes, grid_trials, nearest_first, rule_lr
 from batchsage.sweep._result import SweepResult, SweepTrial, best_config, saved_compute
 from batchsage.sweep._run import SweepError, batch_score, doubling_procedure, run_sweep
 from batchsage.sweep._store import StorageError, SweepStore
@@ -33,6 +33,7 @@ __all__ = [
     "doubling_procedure",
     "estimate_full_steps",
     "grid_trials",
+    "nearest_first",
     "projected_seconds_to_target",
     "rule_lr",
     "run_sweep",

@@ -146,21 +146,28 @@ def estimate_full_steps(history: Sequence[tuple[int, float]], steps_run: int, bu
     The validation gap to the target is fitted by a straight line in steps over the later half of
     the validations and extrapolated to zero. Learning curves decelerate, so the straight line
     reaches the target no later than the real curve would: the estimate errs short, and the
-    saving computed from it errs low. With at least three validations and no downward trend (or
-    a non-finite metric: it diverged) the trial is assumed to have run to its budget. With fewer
-    than three validations nothing is known and the estimate is what it ran: no saving is
-    claimed for it. Clamped to [steps_run, budget_steps].
+    saving computed from it errs low. The other cases, each erring the same way:
+
+    - fewer than three validations: nothing is known; the estimate is what it ran (no saving);
+    - metric worse than at the first validation, or not finite: it is diverging and the training
+      loop would soon have stopped it; the estimate is what it ran (no saving);
+    - no downward trend (a plateau short of the target): it would have run to its budget.
+
+    Clamped to [steps_run, budget_steps].
     """
     points = [(step, gap_to_target(metric, target, higher_is_better))
               for step, metric in history if step > 0]
     budget_steps = max(budget_steps, steps_run)
     if len(points) < RUNG_MIN_VALIDATIONS:
         return steps_run
-    if not all(math.isfinite(gap) for _, gap in points):
-        return budget_steps
+    gaps_all = [gap for _, gap in points]
+    if not all(math.isfinite(gap) for gap in gaps_all) or gaps_all[-1] > gaps_all[0]:
+        return steps_run
     later = points[len(points) // 2 :] if len(points) >= 4 else points[-2:]
     steps = np.array([step for step, _ in later], dtype=float)
     gaps = np.array([gap for _, gap in later])
+    if gaps[-1] <= 0:  # reached at its last validation: it was about to stop anyway
+        return steps_run
     if np.ptp(steps) == 0:
         return budget_steps
     slope, intercept = np.polyfit(steps, gaps, 1)

@@ -8,7 +8,7 @@ time-to-target found is what lets every later trial be cut early.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from batchsage.errors import ConfigError
@@ -120,6 +120,34 @@ def grid_trials(
     keys = [TrialKey(b, lr, seed) for seed in seed_values for b, lr in ordered_first]
     keys += [TrialKey(b, lr, seed) for seed in seed_values for b, lr in rest]
     return list(dict.fromkeys(keys))
+
+
+def nearest_first(keys: Sequence[TrialKey], *, pinned: int, best: dict[int, tuple[float, TrialKey]],
+                  multiplier: Callable[[int, float], float]) -> list[TrialKey]:
+    """Re-order ``keys[pinned:]`` around the best trials found so far (the first ``pinned`` stay).
+
+    ``best`` maps a seed to (its best time to target, that trial's key). Seeds keep their order
+    (every trial of a seed before the next seed's); within a seed, the trials nearest the best
+    configuration so far — of that seed, else the fastest of any seed — come first, nearness
+    being |log2 B/B*| + |log2 m/m*| with m the lr's multiple of the rule at its B. The sweep so
+    walks towards the optimum the way the doubling does, but through the whole grid: good times
+    are found early and the trials after them are cut sooner. Without a best yet, the order is
+    unchanged.
+    """
+    head, tail = list(keys[:pinned]), list(keys[pinned:])
+    if not best or not tail:
+        return head + tail
+    seed_rank = {seed: rank for rank, seed in enumerate(dict.fromkeys(key.seed for key in keys))}
+    fastest = min(best.values(), key=lambda entry: entry[0])[1]
+
+    def distance(key: TrialKey) -> float:
+        ref = best[key.seed][1] if key.seed in best else fastest
+        return abs(math.log2(key.batch_size / ref.batch_size)) + abs(
+            math.log2(multiplier(key.batch_size, key.lr) / multiplier(ref.batch_size, ref.lr))
+        )
+
+    order = sorted(range(len(tail)), key=lambda i: (seed_rank[tail[i].seed], distance(tail[i]), i))
+    return head + [tail[i] for i in order]
 
 
 def _lrs_for(rule: float, lrs: Sequence[float] | None, multipliers: Sequence[float]) -> list[float]:

@@ -9,6 +9,7 @@ for them; finally collect one result per key and write ``sweep.json`` and the Pa
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import statistics
 import time
@@ -37,6 +38,7 @@ from batchsage.sweep._grid import (
     TrialKey,
     default_batch_sizes,
     grid_trials,
+    nearest_first,
     rule_lr,
     seed_list,
 )
@@ -130,7 +132,9 @@ def run_sweep(
                 keys = grid_trials(loaded, sizes, lrs=lrs, lr_multipliers=lr_multipliers, seeds=seeds,
                                    first=first, anchor=anchor)
                 doubling = None
-                sweeper.run_keys(keys)
+                first_configs = {(int(b), float(lr)) for b, lr in first}
+                pinned = sum(key.config in first_configs for key in keys)  # they lead the list
+                sweeper.run_keys(keys, reorder=sweeper.nearest_first_order(pinned, anchor))
     except BaseException:  # Ctrl-C or a failed trial: leave sweep.json with what is finished
         with contextlib.suppress(Exception):
             sweeper.write(sweeper.result(sweeper.all_keys, None), plot=False)
@@ -246,14 +250,17 @@ class _Sweeper:
         self.all_keys: list[TrialKey] = []
         self.written_at = time.perf_counter()
 
-    def run_keys(self, keys: Sequence[TrialKey]) -> None:
-        """Until every key has a finished trial: claim and run one, or wait for other processes."""
+    def run_keys(self, keys: Sequence[TrialKey],
+                 reorder: Callable[[Sequence[TrialKey]], list[TrialKey]] | None = None) -> None:
+        """Until every key has a finished trial: claim and run one, or wait for other processes.
+
+        ``reorder`` re-ranks the keys before each claim (the grid walks towards its best)."""
         # Keys of earlier calls (the doubling's smaller B) are finished: calls return only then.
         done_before = len([key for key in self.all_keys if key not in keys])
         self.all_keys += [key for key in keys if key not in self.all_keys]
         self.view.set_total(len(self.all_keys))
         while True:
-            claim, running_elsewhere, finished = self.store.claim(keys)
+            claim, running_elsewhere, finished = self.store.claim(reorder(keys) if reorder else keys)
             self.view.set_done(done_before + finished)
             if claim is not None:
                 self._run_trial(claim)
@@ -264,6 +271,17 @@ class _Sweeper:
                 return
             self.view.waiting(running_elsewhere)
             time.sleep(WAIT_POLL_SECONDS)
+
+    def nearest_first_order(self, pinned: int, anchor: tuple[int, float] | None
+                            ) -> Callable[[Sequence[TrialKey]], list[TrialKey]]:
+        @functools.cache
+        def multiplier(batch_size: int, lr: float) -> float:
+            return lr / rule_lr(self.task, batch_size, anchor)
+
+        def reorder(keys: Sequence[TrialKey]) -> list[TrialKey]:
+            return nearest_first(keys, pinned=pinned, best=self.store.best_by_seed(), multiplier=multiplier)
+
+        return reorder
 
     def run_doubling(self, start: int, ceiling: int,
                      seeds: list[int]) -> tuple[list[TrialKey], dict[str, Any]]:
@@ -320,8 +338,10 @@ class _Sweeper:
             "steps_to_target": result.steps_to_target, "final_metric": result.final_metric,
             "diverged": result.diverged, "step_seconds_median": result.step_seconds_median,
             "train_seconds": result.train_seconds, "steps": result.steps, "stop_reason": result.stop_reason,
-            "estimated_full_seconds": (result.train_seconds if not cut
-                                       else full_steps * result.step_seconds_median),
+            # What it trained, plus the steps it was spared at its median step time.
+            "estimated_full_seconds": result.train_seconds + (
+                (full_steps - result.steps) * result.step_seconds_median if full_steps > result.steps else 0.0
+            ),
             "out_of_memory": False, "wall_seconds": time.perf_counter() - wall_start,
         }
         if cut:

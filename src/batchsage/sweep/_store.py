@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import os
 import socket
 import threading
@@ -173,14 +172,22 @@ class SweepStore:
                 chosen[key] = trial
         return chosen
 
-    def best_seconds(self, seed: int) -> float | None:
-        """The best time-to-target any finished trial of ``seed`` has reached so far."""
-        best = math.inf
+    def best_by_seed(self) -> dict[int, tuple[float, TrialKey]]:
+        """Per seed, the best time-to-target any finished trial has reached so far, and its key."""
+        best: dict[int, tuple[float, TrialKey]] = {}
         for trial in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
             result = result_of(trial)
-            if result and result.get("seed") == seed and result.get("reached_target"):
-                best = min(best, float(result["seconds_to_target"]))
-        return best if math.isfinite(best) else None
+            if not result or not result.get("reached_target"):
+                continue
+            seed, seconds = int(result["seed"]), float(result["seconds_to_target"])
+            if seed not in best or seconds < best[seed][0]:
+                best[seed] = (seconds, TrialKey(int(result["batch_size"]), float(result["lr"]), seed))
+        return best
+
+    def best_seconds(self, seed: int) -> float | None:
+        """The best time-to-target any finished trial of ``seed`` has reached so far."""
+        entry = self.best_by_seed().get(seed)
+        return None if entry is None else entry[0]
 
     # -- claiming -------------------------------------------------------------------------------
     def claim(self, keys: Sequence[TrialKey]) -> ClaimOutcome:
