@@ -71,7 +71,7 @@ def render_table(documents: Sequence[dict[str, Any]]) -> str:
         status = "" if document.get("status") == "complete" else " (partial)"
         row = [
             document["task"] + status,
-            f"B={best['batch_size']}, lr={best['lr']:.3g}, {best['seconds_to_target']:.1f} s",
+            f"B={best['batch_size']}, lr={best['lr']:.3g}, {best['seconds_to_target']:.3g} s",
             *[format_cell(document["strategies"].get(name)) for name in names],
             _goal_cell(document.get("goal", {})),
             str(document.get("date", ""))[:10],
@@ -99,8 +99,8 @@ def render_summary(documents: Sequence[dict[str, Any]]) -> str:
         "Each cell: **regret / decision cost (chosen B)**. Regret = the strategy's median time to target "
         "over seeds ÷ the best grid configuration's; decision cost = seconds spent choosing ÷ that best "
         "time (1.00 / 0.00 would be a free, perfect choice). Time to target = steps to target × the "
-        "median step time at that B over the whole grid (training time; validation excluded). "
-        "\"≥ x\": every run was cut at 3× the best time before reaching the target. "
+        "step time at that B, timed for all B interleaved in the same run (training time; validation "
+        "excluded). \"≥ x\": the runs were cut at 3× the best time before reaching the target. "
         "Protocol: docs/groundtruth.md.",
         "",
         render_table(documents),
@@ -110,11 +110,46 @@ def render_summary(documents: Sequence[dict[str, Any]]) -> str:
         lines.append(f"batchsage: median regret {statistics.median(regrets):.2f}, "
                      f"worst {max(regrets):.2f} over {len(regrets)} task(s).")
         lines.append("")
+    diagnosis = render_diagnosis(documents)
+    if diagnosis:
+        lines += [
+            "Where batchsage's model is off (median |log2(predicted ÷ measured)| over the batch sizes "
+            "of the grid: 0 = exact, 1 = off by 2×; steps are compared with the steps the best lr "
+            "at that B needed):",
+            "",
+            diagnosis,
+            "",
+        ]
     machines = {json.dumps(d.get("machine", {}), sort_keys=True) for d in documents}
     lines.append("Machines:")
     lines.extend(f"- `{m}`" for m in sorted(machines))
     lines.append("")
     return "\n".join(lines)
+
+
+def render_diagnosis(documents: Sequence[dict[str, Any]]) -> str:
+    """One row per task: the recommender's predicted vs measured best B and its factor errors."""
+    header = ["task", "predicted best B", "measured best B", "t(B) error", "S(B) error", "lr error",
+              "T(B) error"]
+    rows = []
+    for document in documents:
+        summary = (document.get("diagnosis") or {}).get("summary")
+        if not summary:
+            continue
+        rows.append("| " + " | ".join([
+            document["task"],
+            str(summary.get("predicted_best_batch_size")),
+            str(summary.get("measured_best_batch_size")),
+            *[_log2(summary.get(key)) for key in ("step_seconds_log2_error", "steps_log2_error",
+                                                  "lr_log2_error", "seconds_log2_error")],
+        ]) + " |")
+    if not rows:
+        return ""
+    return "\n".join(["| " + " | ".join(header) + " |", "|" + "---|" * len(header), *rows])
+
+
+def _log2(value: float | None) -> str:
+    return "–" if value is None else f"{value:.2f}"
 
 
 def plot_task(document: dict[str, Any], path: Path) -> None:
@@ -134,16 +169,20 @@ def plot_task(document: dict[str, Any], path: Path) -> None:
         axes.scatter([b for b, _ in extra], [s for _, s in extra], color="grey", s=14,
                      label="other (B, lr) tried", zorder=2)
     ceiling = _plot_ceiling(document)
+    same_batch: dict[int, int] = defaultdict(int)
     for name, result in document["strategies"].items():
         seconds = result.get("seconds_to_target")
         shown = seconds if seconds is not None else ceiling
+        # Picks at the same B are nudged sideways so that none hides another.
+        nudge = 1.06 ** same_batch[result["batch_size"]]
+        same_batch[result["batch_size"]] += 1
         label = f"{name}: regret {result['regret']:.2f}" if result.get("regret") is not None else (
             f"{name}: not reached")
-        axes.scatter([result["batch_size"]], [shown], marker=MARKERS.get(name, "P"), s=110,
+        axes.scatter([result["batch_size"] * nudge], [shown], marker=MARKERS.get(name, "P"), s=110,
                      edgecolors="black", linewidths=0.8, zorder=5, label=label)
     best = document["best"]
     axes.axhline(best["seconds_to_target"], color="black", linestyle=":", linewidth=0.8,
-                 label=f"best: B={best['batch_size']}, {best['seconds_to_target']:.1f} s")
+                 label=f"best: B={best['batch_size']}, {best['seconds_to_target']:.3g} s")
     axes.set_xscale("log", base=2)
     axes.set_yscale("log")
     axes.set_xlabel("batch size B")
