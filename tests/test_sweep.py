@@ -167,8 +167,10 @@ def test_full_cost_estimate_extrapolates_the_trend_and_claims_nothing_without_on
     linear = [(10, 0.1), (20, 0.2), (30, 0.3), (40, 0.4)]  # reaches 1.0 at step 100
     assert estimate_full_steps(linear, 40, 1000, 1.0, True) == 100
     assert estimate_full_steps(linear, 40, 60, 1.0, True) == 60  # capped at the budget
+    noisy_near_target = [(10, 0.6), (20, 0.7), (30, 0.8), (40, 0.78)]  # later half: no progress
+    assert 40 < estimate_full_steps(noisy_near_target, 40, 1000, 0.96, True) < 100  # whole-run trend
     flat = [(10, 0.5), (20, 0.5), (30, 0.5)]
-    assert estimate_full_steps(flat, 30, 1000, 1.0, True) == 1000  # a plateau runs to its budget
+    assert estimate_full_steps(flat, 30, 1000, 1.0, True) == 30  # no line to draw: no saving claimed
     exploding = [(10, 1.0), (20, 5.0), (30, 1e6)]  # a loss (lower is better) running away
     assert estimate_full_steps(exploding, 30, 1000, 0.1, False) == 30  # would diverge: no saving
     assert estimate_full_steps(linear[:2], 20, 1000, 1.0, True) == 20  # unknown: no saving claimed

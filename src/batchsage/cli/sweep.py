@@ -65,6 +65,9 @@ def sweep(
     sizes = _int_list(batch_sizes, "--batch-sizes")
     lr_values = _float_list(lrs, "--lrs")
     multipliers = _float_list(lr_multipliers, "--lr-multipliers") or []
+    if procedure == "doubling" and (sizes is not None or lr_values is not None or around_recommendation):
+        raise ConfigError("--procedure doubling chooses its own batch sizes and lr (start 32, double, "
+                          "lr by the task's rule); bound it with --max-batch-size")
     first: list[tuple[int, float]] = []
     anchor = None
     if around_recommendation:

@@ -144,34 +144,35 @@ def estimate_full_steps(history: Sequence[tuple[int, float]], steps_run: int, bu
     """Steps a cut trial would have run to its target or its budget (an estimate, not a bound).
 
     The validation gap to the target is fitted by a straight line in steps over the later half of
-    the validations and extrapolated to zero. Learning curves decelerate, so the straight line
-    reaches the target no later than the real curve would: the estimate errs short, and the
-    saving computed from it errs low. The other cases, each erring the same way:
-
-    - fewer than three validations: nothing is known; the estimate is what it ran (no saving);
-    - metric worse than at the first validation, or not finite: it is diverging and the training
-      loop would soon have stopped it; the estimate is what it ran (no saving);
-    - no downward trend (a plateau short of the target): it would have run to its budget.
-
-    Clamped to [steps_run, budget_steps].
+    the validations (over all of them if the later half shows no progress: validation metrics are
+    noisy near the target) and extrapolated to zero. Learning curves decelerate, so the straight
+    line reaches the target no later than the real curve would: the estimate errs short, and the
+    saving computed from it errs low. Where no line can be drawn the trial is counted at what it
+    ran, claiming no saving: fewer than three validations, a metric that never improved, or one
+    running away (worse than at the first validation, or not finite: the training loop would soon
+    have stopped it as diverged). Clamped to [steps_run, budget_steps].
     """
     points = [(step, gap_to_target(metric, target, higher_is_better))
               for step, metric in history if step > 0]
     budget_steps = max(budget_steps, steps_run)
     if len(points) < RUNG_MIN_VALIDATIONS:
         return steps_run
-    gaps_all = [gap for _, gap in points]
-    if not all(math.isfinite(gap) for gap in gaps_all) or gaps_all[-1] > gaps_all[0]:
-        return steps_run
+    gaps = [gap for _, gap in points]
+    if not all(math.isfinite(gap) for gap in gaps) or gaps[-1] > gaps[0] or gaps[-1] <= 0:
+        return steps_run  # running away, or reached at its last validation (about to stop anyway)
     later = points[len(points) // 2 :] if len(points) >= 4 else points[-2:]
-    steps = np.array([step for step, _ in later], dtype=float)
-    gaps = np.array([gap for _, gap in later])
-    if gaps[-1] <= 0:  # reached at its last validation: it was about to stop anyway
-        return steps_run
-    if np.ptp(steps) == 0:
-        return budget_steps
+    for window in (later, points):
+        crossing = _zero_crossing(window)
+        if crossing is not None:
+            return int(min(budget_steps, max(steps_run, math.ceil(crossing))))
+    return steps_run
+
+
+def _zero_crossing(points: Sequence[tuple[int, float]]) -> float | None:
+    """Step where a least-squares line through (step, gap) reaches zero; None if not falling."""
+    steps = np.array([step for step, _ in points], dtype=float)
+    gaps = np.array([gap for _, gap in points])
+    if len(points) < 2 or np.ptp(steps) == 0:
+        return None
     slope, intercept = np.polyfit(steps, gaps, 1)
-    if slope >= 0:
-        return budget_steps
-    crossing = -intercept / slope
-    return int(min(budget_steps, max(steps_run, math.ceil(crossing))))
+    return None if slope >= 0 else float(-intercept / slope)
