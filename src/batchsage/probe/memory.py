@@ -83,7 +83,7 @@ GUARD_MIN_BYTES = 256 * 1024**2
 #: A CPU child never grows beyond this fraction of the memory the machine has available now.
 MACHINE_FRACTION = 0.8
 #: Training steps per measured batch size: at least the first, more while the peak still grows.
-MIN_STEPS_PER_PROBE = 2
+MIN_STEPS_PER_PROBE = 3
 MAX_STEPS_PER_PROBE = 4
 PLATEAU_FRACTION = 0.01
 #: A measuring child that has not answered after this long is killed and the probe fails.
@@ -217,11 +217,12 @@ def run_training_steps(task: Task, model: nn.Module, batch_size: int, device: De
                        read_peak: Callable[[], int]) -> tuple[int, int]:
     """Training steps at ``batch_size`` until the peak stops growing; returns (peak bytes, steps).
 
-    One step is not enough: during the first, the optimiser state does not exist yet (it is
-    created by the first ``optimizer.step()``), and allocators settle over a few steps (glibc
-    raises its mmap threshold after the first frees, after which freed activations stay resident).
-    So at least ``MIN_STEPS_PER_PROBE`` steps run, and more, up to ``MAX_STEPS_PER_PROBE``, while a
-    step still raises the peak by more than ``PLATEAU_FRACTION`` of the step's own memory.
+    One step is not enough. During the first, the optimiser state does not exist yet (the first
+    ``optimizer.step()`` creates it); in the second, glibc has raised its mmap threshold after
+    the first step's frees, so activations of up to 32 MiB now land in the heap, whose freed
+    space stays resident; the third is the first steady step. So ``MIN_STEPS_PER_PROBE`` steps
+    run, and one more (up to ``MAX_STEPS_PER_PROBE``) while the last still raised the peak by
+    more than ``PLATEAU_FRACTION`` of the step's own memory.
     """
     baseline = read_peak()
     optimizer = task.make_optimizer(model.parameters(), task.base_lr)
@@ -557,18 +558,18 @@ def estimate_crossing(probes: list[MemoryProbe], budget_bytes: int) -> float | N
     """Batch size where the memory line crosses the budget, from the points nearest it.
 
     Regula falsi between the largest fitting and the smallest over-budget measured step when the
-    budget is bracketed by two measured peaks; otherwise the secant through the two largest
-    fitting steps, extrapolated. ``inf`` when memory did not grow between them; None when there
-    is only one measured point, or when a step the line says fits ran out of memory.
+    budget is bracketed by two measured peaks; otherwise the secant from the largest fitting step
+    back to a base point (:func:`_base_point`), extrapolated. ``inf`` when memory did not grow
+    between them; None when there is only one measured point, or when a step the line says fits
+    ran out of memory.
     """
     low, high = _bracket(probes)
     if high is not None and high.peak_bytes is not None and high.peak_bytes > low.peak_bytes:
         slope = (high.peak_bytes - low.peak_bytes) / (high.batch_size - low.batch_size)
         return low.batch_size + (budget_bytes - low.peak_bytes) / slope
-    below = [p for p in probes if p.fits and p.batch_size < low.batch_size]
-    if not below or low.peak_bytes is None:
+    previous = _base_point(probes, low)
+    if previous is None or low.peak_bytes is None or previous.peak_bytes is None:
         return None
-    previous = max(below, key=lambda p: p.batch_size)
     slope = (low.peak_bytes - previous.peak_bytes) / (low.batch_size - previous.batch_size)
     crossing = math.inf if slope <= 0 else low.batch_size + (budget_bytes - low.peak_bytes) / slope
     if high is not None and crossing >= high.batch_size:
@@ -576,6 +577,21 @@ def estimate_crossing(probes: list[MemoryProbe], budget_bytes: int) -> float | N
         # the search bisects (in log space) between the two.
         return None
     return crossing
+
+
+def _base_point(probes: list[MemoryProbe], low: MemoryProbe) -> MemoryProbe | None:
+    """The fitting step the slope at ``low`` is measured from: the largest at most half of
+    ``low``'s batch size, or failing that the largest below it.
+
+    Peaks vary from run to run by about one activation tensor (allocator effects); between two
+    close batch sizes that can even make the slope negative. A base at least a factor of two
+    away keeps that error small against the memory the extra samples take.
+    """
+    below = [p for p in probes if p.fits and p.batch_size < low.batch_size]
+    if not below:
+        return None
+    far = [p for p in below if 2 * p.batch_size <= low.batch_size]
+    return max(far or below, key=lambda p: p.batch_size)
 
 
 def _next_batch_size(low: MemoryProbe, high: MemoryProbe | None, crossing: float | None,
@@ -598,10 +614,10 @@ def fit_line(probes: list[MemoryProbe]) -> tuple[int, float]:
     if high is not None and high.peak_bytes is not None and high.peak_bytes > low.peak_bytes:
         other = high
     else:
-        below = [p for p in probes if p.fits and p.batch_size < low.batch_size]
-        if not below:
+        base = _base_point(probes, low)
+        if base is None:
             return low.peak_bytes, 0.0
-        other = max(below, key=lambda p: p.batch_size)
+        other = base
     assert other.peak_bytes is not None
     slope = max((low.peak_bytes - other.peak_bytes) / (low.batch_size - other.batch_size), 0.0)
     return round(low.peak_bytes - slope * low.batch_size), slope
