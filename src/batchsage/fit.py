@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.stats import theilslopes
 
 
 def _progress(values: Sequence[float], higher_is_better: bool) -> np.ndarray:
@@ -119,7 +120,10 @@ class PowerLaw:
 def power_law_growth(
     steps: Sequence[float], values: Sequence[float], max_exponent: float = 1.0
 ) -> PowerLaw | None:
-    """Least-squares fit of log(value) = log(scale) + exponent·log(step) on positive values.
+    """Robust (Theil–Sen) fit of log(value) = log(scale) + exponent·log(step) on positive values.
+
+    Theil–Sen takes the median of pairwise slopes, so one window whose |G|² happened to be tiny
+    (B_simple shooting up 50×) does not set the growth of the whole run.
 
     The exponent is clipped to [0, max_exponent]: the noise scale grows as the loss falls
     (McCandlish et al.), and a short noisy pilot must not extrapolate a decline or an explosion.
@@ -131,10 +135,10 @@ def power_law_growth(
     y = np.log([v for _, v in pairs])
     if np.ptp(x) == 0:
         return PowerLaw(float(np.exp(y.mean())), 0.0)
-    slope, _intercept = np.polyfit(x, y, 1)
+    slope = float(theilslopes(y, x)[0])
     exponent = float(np.clip(slope, 0.0, max_exponent))
-    # Refit the scale with the clipped exponent so the curve still passes through the data.
-    scale = float(np.exp(np.mean(y - exponent * x)))
+    # Refit the scale with the clipped exponent (median: robust, like the slope).
+    scale = float(np.exp(np.median(y - exponent * x)))
     return PowerLaw(scale, exponent)
 
 

@@ -38,12 +38,6 @@ from batchsage.training import StepUpdate, TrainingHook, TrainResult, TrainState
 PILOT_BATCH_FACTOR = 8
 #: Validations per pilot: enough points to interpolate the step at which a level was crossed.
 PILOT_VALIDATIONS = 24
-#: Pilot A stops once the validation metric has covered this fraction of the way from its first
-#: value to the target. Learning curves move fastest early, so half the way costs a small part of
-#: the run, and B_simple's growth carries the estimate over the rest (see fit.effective_noise_scale).
-PILOT_PROGRESS = 0.5
-#: ... but not before this many validations, so the level crossing and the growth fit have points.
-PILOT_MIN_VALIDATIONS = 8
 
 
 @dataclass
@@ -189,31 +183,6 @@ class _StopAtLevel(TrainingHook):
         return StepUpdate(stop=True, reason="pilot level") if self.reached else None
 
 
-class _StopAtProgress(TrainingHook):
-    """Stops pilot A once the metric is ``fraction`` of the way from its first value to the target."""
-
-    def __init__(self, task: Task, fraction: float, min_validations: int) -> None:
-        self.task = task
-        self.fraction = fraction
-        self.min_validations = min_validations
-        self.metrics: list[float] = []
-
-    def progress(self) -> float:
-        if len(self.metrics) < 2 or not all(math.isfinite(m) for m in self.metrics):
-            return 0.0
-        first, last = self.metrics[0], self.metrics[-1]
-        span = self.task.target - first
-        return (last - first) / span if span != 0 else 1.0
-
-    def on_eval(self, state: TrainState, metric: float) -> None:
-        self.metrics.append(metric)
-
-    def on_step_end(self, state: TrainState) -> StepUpdate | None:
-        if len(self.metrics) >= self.min_validations and self.progress() >= self.fraction:
-            return StepUpdate(stop=True, reason="pilot progress")
-        return None
-
-
 class _Phases:
     """Rich status line per phase, and the seconds each phase took."""
 
@@ -282,11 +251,14 @@ def recommend(
         [p.batch_size for p in throughput.points], [p.step_seconds_median for p in throughput.points]
     )
     pilot_seconds = 0.35 * budget_seconds
+    eval_seconds = measure_validation_seconds(loaded, dev)
     with phases.phase("pilot_a", "pilot run at the base batch size, measuring gradient noise"):
-        pilot_a, monitor = _pilot_a(loaded, dev, ceiling, pilot_seconds, step_seconds)
+        schedule = _PilotSchedule(pilot_seconds, step_seconds, eval_seconds)
+        pilot_a, monitor = _pilot_a(loaded, dev, ceiling, schedule)
     noise = _noise_from_monitor(monitor)
-    with phases.phase("pilot_b", "pilot run at a larger batch, calibrating the critical batch"):
-        pilot_b = _pilot_b(loaded, dev, ceiling, pilot_a, noise, pilot_seconds, step_seconds)
+    with phases.phase("pilot_b", "pilot runs at larger batches, calibrating the critical batch"):
+        larger_pilots = _larger_pilots(loaded, dev, ceiling, pilot_a, noise, schedule)
+    pilot_b = larger_pilots[-1] if larger_pilots else None
     fitted = fit_plan_parameters(loaded, pilot_a, pilot_b, noise)
     candidates = plan.plan_candidates(
         grid,
@@ -324,7 +296,7 @@ def recommend(
              "samples_per_second": p.samples_per_second}
             for p in throughput.points
         ],
-        pilots=[p for p in (pilot_a, pilot_b) if p is not None],
+        pilots=[pilot_a, *larger_pilots],
         explanation="",
         decision_seconds=decision_seconds,
         phase_seconds=phases.seconds,
@@ -353,8 +325,54 @@ def candidate_grid(task: Task, ceiling: int, min_batch_size: int) -> list[int]:
     return sorted(grid)
 
 
-def _pilot_a(task: Task, device: Any, ceiling: int, seconds: float,
-             step_seconds: Callable[[int], float]) -> tuple[PilotRun, Any]:
+def measure_validation_seconds(task: Task, device: Any) -> float:
+    """Seconds of one validation pass on a fresh model (the median of two; caller's RNG kept)."""
+    import torch
+
+    from batchsage.training import evaluate
+
+    dev = resolve_device(device)
+    with torch.random.fork_rng(devices=[dev.torch_device] if dev.type == "cuda" else []):
+        torch.manual_seed(task.seed)
+        model = task.make_model().to(dev.torch_device)
+    times = []
+    for _ in range(2):
+        start = time.perf_counter()
+        evaluate(task, model)
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+@dataclass
+class _PilotSchedule:
+    """How long pilots may run and how often they validate, from measured costs.
+
+    Validations follow a geometric schedule (a fixed relative precision on the step at which a
+    level is crossed), as dense as allowed by spending at most ``eval_share`` of the pilot's time
+    on validation.
+    """
+
+    seconds: float
+    step_seconds: Callable[[int], float]
+    eval_seconds: float
+    eval_share: float = 0.25
+    first_eval_steps: int = 4
+
+    def eval_growth(self, batch_size: int) -> float:
+        expected_steps = max(self.seconds / max(self.step_seconds(batch_size), 1e-9), 2.0)
+        affordable = max(4.0, self.eval_share * self.seconds / max(self.eval_seconds, 1e-6))
+        span = max(expected_steps / self.first_eval_steps, 1.0 + 1e-9)
+        return float(min(2.0, max(1.05, span ** (1.0 / min(affordable, PILOT_VALIDATIONS)))))
+
+    def train_kwargs(self, batch_size: int, seconds: float | None = None) -> dict[str, Any]:
+        return {
+            "max_seconds": self.seconds if seconds is None else seconds,
+            "eval_every_samples": self.first_eval_steps * batch_size,
+            "eval_growth": self.eval_growth(batch_size),
+        }
+
+
+def _pilot_a(task: Task, device: Any, ceiling: int, schedule: _PilotSchedule) -> tuple[PilotRun, Any]:
     from batchsage.noise import NoiseScaleMonitor
 
     batch_size = min(task.base_batch_size, ceiling)
@@ -364,21 +382,10 @@ def _pilot_a(task: Task, device: Any, ceiling: int, seconds: float,
     monitor = NoiseScaleMonitor(overhead_budget=0.5, report_every=4, dataset_size=task.num_train_samples)
     start = time.perf_counter()
     result = train(
-        task, batch_size, lr, device=device, max_seconds=seconds,
-        eval_every_samples=_pilot_eval_interval(task, batch_size, seconds, step_seconds),
-        hooks=[monitor, _StopAtProgress(task, PILOT_PROGRESS, PILOT_MIN_VALIDATIONS)],
+        task, batch_size, lr, device=device, **schedule.train_kwargs(batch_size),
+        hooks=[monitor],
     )
     return PilotRun.from_result(result, time.perf_counter() - start), monitor
-
-
-def _pilot_eval_interval(task: Task, batch_size: int, seconds: float,
-                         step_seconds: Callable[[int], float]) -> int:
-    """Validate about PILOT_VALIDATIONS times within the pilot's expected samples.
-
-    The expected samples come from the measured step time; never more often than every step.
-    """
-    expected_samples = seconds / max(step_seconds(batch_size), 1e-9) * batch_size
-    return max(batch_size, int(expected_samples / PILOT_VALIDATIONS))
 
 
 def _noise_from_monitor(monitor: Any) -> NoiseSummary:
@@ -403,21 +410,38 @@ def _noise_from_monitor(monitor: Any) -> NoiseSummary:
     )
 
 
-def _pilot_b(task: Task, device: Any, ceiling: int, pilot_a: PilotRun, noise: NoiseSummary,
-             seconds: float, step_seconds: Callable[[int], float]) -> PilotRun | None:
-    large = min(ceiling, pilot_a.batch_size * PILOT_BATCH_FACTOR, task.num_train_samples // 2)
-    if large <= pilot_a.batch_size or not pilot_a.history:
-        return None
+def _larger_pilots(task: Task, device: Any, ceiling: int, pilot_a: PilotRun, noise: NoiseSummary,
+                   schedule: _PilotSchedule) -> list[PilotRun]:
+    """Pilots at PILOT_BATCH_FACTOR× larger batches until scaling stops looking perfect.
+
+    Each runs until it reaches the best level pilot A reached. If the step counts say the critical
+    batch lies beyond the larger batch (scaling still perfect there), the next pilot goes a factor
+    further, while memory, data and the time budget allow.
+    """
+    pilots: list[PilotRun] = []
+    if not pilot_a.history:
+        return pilots
     _, metrics = pilot_a.steps_and_metrics()
     level = _best(metrics, task.higher_is_better)
-    lr = plan.scaled_lr(large, task.base_batch_size, task.base_lr, task.resolved_lr_scaling(), noise.b_simple)
-    start = time.perf_counter()
-    result = train(
-        task, large, lr, device=device, max_seconds=seconds,
-        eval_every_samples=_pilot_eval_interval(task, large, seconds, step_seconds),
-        hooks=[_StopAtLevel(task, level)],
-    )
-    return PilotRun.from_result(result, time.perf_counter() - start)
+    remaining = schedule.seconds
+    previous = pilot_a.batch_size
+    while remaining > 0.1 * schedule.seconds:
+        large = min(ceiling, previous * PILOT_BATCH_FACTOR, task.num_train_samples // 2)
+        if large <= previous:
+            break
+        lr = plan.scaled_lr(large, task.base_batch_size, task.base_lr, task.resolved_lr_scaling(),
+                            noise.b_simple)
+        start = time.perf_counter()
+        result = train(task, large, lr, device=device, **schedule.train_kwargs(large, remaining),
+                       hooks=[_StopAtLevel(task, level)])
+        pilot = PilotRun.from_result(result, time.perf_counter() - start)
+        pilots.append(pilot)
+        remaining -= pilot.wall_seconds
+        b_crit, _ = _critical_batch(task, pilot_a, pilot)
+        if b_crit is None or b_crit < large or result.diverged:
+            break
+        previous = large
+    return pilots
 
 
 def _best(metrics: list[float], higher_is_better: bool) -> float:

@@ -150,6 +150,7 @@ def train(
     max_seconds: float | None = None,
     stop_at_target: bool = True,
     eval_every_samples: int | None = None,
+    eval_growth: float | None = None,
     hooks: Sequence[TrainingHook] = (),
 ) -> TrainResult:
     """Train ``task`` from a fresh model until the target, the budget, or divergence.
@@ -164,6 +165,9 @@ def train(
         max_seconds: training-time budget in seconds (validation excluded).
         stop_at_target: stop at the first validation that meets the target.
         eval_every_samples: validation interval (default: the task's).
+        eval_growth: if set (> 1), validate on a geometric schedule instead: the first time after
+            ``eval_every_samples`` samples, then whenever the samples seen grew by this factor.
+            Pilots use it to locate level crossings to a fixed relative precision.
         hooks: observers/controllers, see :class:`TrainingHook`.
 
     The caller's global RNG state is restored afterwards.
@@ -186,6 +190,7 @@ def train(
             max_seconds=max_seconds,
             stop_at_target=stop_at_target,
             eval_every_samples=eval_every_samples or task.eval_interval_samples(),
+            eval_growth=eval_growth,
         )
 
 
@@ -255,14 +260,13 @@ class _Loop:
 
     def run(self, *, batch_size: int, lr: float, accumulation_steps: int, warmup_steps: int,
             max_samples: int, max_seconds: float | None, stop_at_target: bool,
-            eval_every_samples: int) -> TrainResult:
+            eval_every_samples: int, eval_growth: float | None = None) -> TrainResult:
         task, model = self.task, self.model
         state = TrainState(batch_size=batch_size, accumulation_steps=accumulation_steps, lr=lr)
         step_times: list[float] = []
         history: list[EvalPoint] = []
         peak_lr = lr
-        eval_every = eval_every_samples
-        samples_since_eval = 0
+        next_eval_samples = eval_every_samples
         reached_at: EvalPoint | None = None
         diverged = False
         stop_reason = "budget"
@@ -277,7 +281,6 @@ class _Loop:
             state.train_seconds += seconds
             state.last_loss = loss
             step_times.append(seconds)
-            samples_since_eval += state.batch_size
             if not math.isfinite(loss):
                 diverged, stop_reason = True, "diverged"
                 break
@@ -295,8 +298,8 @@ class _Loop:
             if max_seconds is not None and state.train_seconds >= max_seconds:
                 stop_reason = "time budget"
                 break
-            if samples_since_eval >= eval_every or state.samples >= max_samples:
-                samples_since_eval = 0
+            if state.samples >= next_eval_samples or state.samples >= max_samples:
+                next_eval_samples = _next_eval(state.samples, eval_every_samples, eval_growth)
                 point = self._validate(state, history)
                 if not math.isfinite(point.metric):
                     diverged, stop_reason = True, "diverged"
@@ -373,6 +376,13 @@ class _Loop:
         for hook in self.hooks:
             hook.on_eval(state, metric)
         return point
+
+
+def _next_eval(samples: int, interval: int, growth: float | None) -> int:
+    """Samples at which to validate next: a fixed interval, or a geometric schedule."""
+    if growth is not None and growth > 1.0:
+        return max(samples + 1, math.ceil(samples * growth))
+    return samples + interval
 
 
 def _merge(first: StepUpdate, second: StepUpdate) -> StepUpdate:
