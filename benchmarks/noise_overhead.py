@@ -1,7 +1,7 @@
 """Overhead of the noise-scale monitor: step time with the monitor on vs off, interleaved in one run.
 
-    python benchmarks/noise_overhead.py [--task fashion-mlp] [--batch-size 128] [--steps 6000] \
-        [--switch-every 4] [--budget 0.03] [--out benchmarks/results/noise_overhead.json]
+    python benchmarks/noise_overhead.py [--task fashion-mlp] [--batch-size 128] [--steps 12000] \
+        [--switch-every 2] [--budget 0.03] [--out benchmarks/results/noise_overhead.json]
 
 One training run (``batchsage.training.train``) at B with the task's base lr. Its steps alternate
 every ``--switch-every`` steps between monitor on (a :class:`NoiseScaleMonitor` whose period
@@ -10,14 +10,16 @@ the same machine load and the same phase of training. Every step's seconds, as t
 them (validation excluded), are kept with its kind: off, on-plain (monitor attached, step not
 measured) or on-instrumented (split into micro-batches).
 
-The overhead is computed from medians, which a burst from another process cannot move:
+The overhead is the extra seconds the monitor added to its steps ÷ what those steps cost without
+it, with t̄ the 10 %-trimmed mean seconds of a kind of step:
 
-    overhead = [n_on_plain·(med_on_plain − med_off) + n_instr·(med_instr − med_off)] / (n_on·med_off)
+    overhead = [n_on_plain·(t̄_on_plain − t̄_off) + n_instr·(t̄_instr − t̄_off)] / (n_on·t̄_off)
 
-i.e. the extra seconds the monitor added to its steps ÷ what those steps cost without it. The
-run is cut into ``--segments`` consecutive segments, each evaluated the same way, for the spread.
-(A plain mean of on-steps over off-steps is also saved: it is the same quantity, but a single
-descheduled step on a shared machine moves it by more than the 3 % being measured.)
+Trimmed means, because step times on a shared machine are a mixture (running, or waiting for a
+core; ~2 ms or ~6 ms here for the same step) with rare long stalls: a median jumps between the
+modes, a plain mean follows the stalls. The run is cut into ``--segments`` consecutive segments,
+each evaluated the same way, for the spread. The untrimmed mean of on-steps over off-steps is
+saved too.
 
 One intra-op thread by default: on a 2-core machine shared with other jobs, two torch threads
 spin against the other processes and step times swing by 10× (measured here).
@@ -29,7 +31,6 @@ import argparse
 import datetime as dt
 import os
 import platform
-import statistics
 import sys
 from pathlib import Path
 from typing import Any
@@ -38,7 +39,7 @@ import torch
 from rich.console import Console
 
 from batchsage.cli._app import write_json
-from batchsage.noise import NoiseScaleMonitor
+from batchsage.noise import NoiseScaleMonitor, trimmed_mean
 from batchsage.task import load_task
 from batchsage.training import StepUpdate, TrainingHook, TrainState, train
 
@@ -83,20 +84,20 @@ class Switch(TrainingHook):
         return None
 
 
-def overhead_from_medians(records: list[tuple[str, float]]) -> dict[str, float]:
+def overhead_of(records: list[tuple[str, float]]) -> dict[str, float]:
     """The formula in the module docstring, on one list of (kind, seconds)."""
     by_kind = {kind: [s for k, s in records if k == kind] for kind in (OFF, ON_PLAIN, ON_INSTRUMENTED)}
-    off = statistics.median(by_kind[OFF])
-    on_plain = statistics.median(by_kind[ON_PLAIN])
+    off = trimmed_mean(by_kind[OFF])
+    on_plain = trimmed_mean(by_kind[ON_PLAIN])
     n_plain, n_instr = len(by_kind[ON_PLAIN]), len(by_kind[ON_INSTRUMENTED])
     extra = n_plain * (on_plain - off)
-    instrumented = statistics.median(by_kind[ON_INSTRUMENTED]) if n_instr else off
+    instrumented = trimmed_mean(by_kind[ON_INSTRUMENTED]) if n_instr else off
     extra += n_instr * (instrumented - off)
     return {
         "overhead_fraction": extra / ((n_plain + n_instr) * off),
-        "off_step_seconds_median": off,
-        "on_plain_step_seconds_median": on_plain,
-        "instrumented_step_seconds_median": instrumented,
+        "off_step_seconds": off,
+        "on_plain_step_seconds": on_plain,
+        "instrumented_step_seconds": instrumented,
         "instrumented_steps": n_instr,
         "on_steps": n_plain + n_instr,
         "off_steps": len(by_kind[OFF]),
@@ -110,12 +111,14 @@ def run(task_name: str, batch_size: int, steps: int, switch_every: int, budget: 
     monitor = NoiseScaleMonitor(overhead_budget=budget, dataset_size=task.num_train_samples)
     switch = Switch(monitor, switch_every, steps)
     with console.status(f"{task.name} at B={batch_size}: {steps} steps, monitor on/off every {switch_every}"):
+        # No validation until the end: the step after one runs on cold caches, and with a period
+        # that divides the on/off pattern it would always fall on the same kind of step.
         train(task, batch_size, task.base_lr, hooks=[switch], stop_at_target=False,
-              max_samples=batch_size * (steps + 1))
+              max_samples=batch_size * (steps + 1), eval_every_samples=batch_size * (steps + 1))
     timed = switch.records[warmup_steps:]
-    overall = overhead_from_medians(timed)
+    overall = overhead_of(timed)
     size = len(timed) // segments
-    parts = [overhead_from_medians(timed[i * size : (i + 1) * size])["overhead_fraction"]
+    parts = [overhead_of(timed[i * size : (i + 1) * size])["overhead_fraction"]
              for i in range(segments)]
     on = [s for k, s in timed if k != OFF]
     off = [s for k, s in timed if k == OFF]
@@ -156,12 +159,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--task", default="fashion-mlp")
     parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--steps", type=int, default=6000)
-    parser.add_argument("--switch-every", type=int, default=4, help="steps per on / off stretch")
+    parser.add_argument("--steps", type=int, default=12000)
+    parser.add_argument("--switch-every", type=int, default=2, help="steps per on / off stretch")
     parser.add_argument("--budget", type=float, default=0.03, help="the monitor's overhead budget")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     parser.add_argument("--warmup-steps", type=int, default=64, help="first steps left out")
-    parser.add_argument("--segments", type=int, default=6, help="segments for the spread")
+    parser.add_argument("--segments", type=int, default=8, help="segments for the spread")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/noise_overhead.json"))
     args = parser.parse_args(argv)
     doc = run(args.task, args.batch_size, args.steps, args.switch_every, args.budget, args.threads,
@@ -171,9 +174,9 @@ def main(argv: list[str] | None = None) -> int:
         f"{doc['task']} B={doc['batch_size']}, {doc['steps']} steps interleaved on/off: overhead "
         f"{100 * doc['overhead_fraction']:.2f} % (segments {min(doc['segment_overhead_fractions']) * 100:.2f}"
         f" … {max(doc['segment_overhead_fractions']) * 100:.2f} %; mean on/off ratio "
-        f"{doc['mean_ratio_on_vs_off']:.3f}); plain step {1000 * doc['off_step_seconds_median']:.2f} ms, "
-        f"monitor attached but idle {1000 * doc['on_plain_step_seconds_median']:.2f} ms, "
-        f"instrumented {1000 * doc['instrumented_step_seconds_median']:.2f} ms × {doc['instrumented_steps']}"
+        f"{doc['mean_ratio_on_vs_off']:.3f}); plain step {1000 * doc['off_step_seconds']:.2f} ms, "
+        f"monitor attached but idle {1000 * doc['on_plain_step_seconds']:.2f} ms, "
+        f"instrumented {1000 * doc['instrumented_step_seconds']:.2f} ms × {doc['instrumented_steps']}"
     )
     console.print(
         f"monitor's own account: instrumented step = {monitor['cost_ratio_instrumented_vs_plain']:.2f}× "

@@ -270,6 +270,32 @@ def test_exact_matches_a_loop_over_examples() -> None:
     assert estimate.batch_size == 20 and estimate.micro_batch_size == 1.0
 
 
+class TinyGRU(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.gru = nn.GRU(3, 4, batch_first=True)
+        self.head = nn.Linear(4, 2)
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        states, _ = self.gru(inputs)
+        return self.head(states[:, -1])
+
+
+def test_exact_falls_back_to_one_example_at_a_time_where_vmap_cannot_batch() -> None:
+    torch.manual_seed(0)
+    model = TinyGRU()
+    x, y = torch.randn(6, 5, 3), torch.tensor([0, 1, 1, 0, 1, 0])
+    grads = []
+    for index in range(6):
+        model.zero_grad()
+        cross_entropy_loss(model, [x[index : index + 1], y[index : index + 1]]).backward()
+        grads.append(flat_grad(model).double().clone())
+    stacked = torch.stack(grads)
+    trace = float(((stacked - stacked.mean(0)) ** 2).sum() / 5)
+    estimate = exact_noise_scale(cross_entropy_loss, model, [x, y])
+    assert estimate.trace_sigma == pytest.approx(trace, rel=1e-5)
+
+
 def test_exact_rejects_batch_norm_naming_the_reason() -> None:
     task = tiny_task(batch_norm=True)
     model = task.make_model()

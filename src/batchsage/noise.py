@@ -32,7 +32,6 @@ divided by Adam's ``sqrt(v̂) + eps``, the geometry an Adam step actually sees).
 from __future__ import annotations
 
 import math
-import statistics
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -304,20 +303,40 @@ class NoiseStatistics:
 # --------------------------------------------------------------------------------------------
 
 
+def trimmed_mean(values: Sequence[float], proportion: float = 0.1) -> float:
+    """Mean without the ``proportion`` smallest and largest values (nan for no values).
+
+    Step times on a shared machine are a mixture (running, or waiting for a core) with rare
+    long stalls: the mean follows the mixture, which is what a run pays; the trim drops stalls.
+    A median would jump between the mixture's modes.
+    """
+    ordered = sorted(values)
+    cut = int(len(ordered) * proportion)
+    kept = ordered[cut : len(ordered) - cut] or ordered
+    return sum(kept) / len(kept) if kept else math.nan
+
+
 class _Schedule:
-    """Decides which steps are instrumented and keeps their measured cost.
+    """Decides which steps are instrumented, and accounts for the time they cost.
 
     Fixed ``every``: steps 0, every, 2·every, ... Adaptive (``every=None``): measure step 0 (the
     initial point), calibrate with plain steps and one more instrumented step, then measure a step
-    only if the extra time spent so far, this step included, stays within ``budget`` × the plain
-    time of all steps so far. The extra time of one instrumented step is (r − 1) plain steps, with
-    r = median instrumented ÷ median plain step seconds; in the long run that is one measurement
-    every ceil((r − 1)/budget) steps, and the calibration steps are paid back before the next one.
-    The first step of each kind is a warm-up and is left out of the medians, which run over the
-    latest ``TIMING_WINDOW`` steps of each kind (they follow drift, and stay cheap to update).
+    only if the extra time spent so far, plus what this step is expected to cost, stays within
+    ``budget`` × the plain time of all steps so far. The monitor's own bookkeeping on plain steps
+    (microseconds) is charged too.
+
+    Time is counted in plain steps: an instrumented step that took t seconds when a plain step
+    took p cost t/p − 1 extra, as measured at that time (so a quiet spell on a shared machine
+    cannot re-price the past). Its expected cost is r − 1, r = instrumented ÷ plain step seconds;
+    in the long run that is one measurement every ceil((r − 1)/budget) steps, and the calibration
+    steps are paid back before the next one. p and r use trimmed means (:func:`trimmed_mean`) of
+    the latest ``TIMING_WINDOW`` steps of each kind, so they follow drift; the first step of each
+    kind is a warm-up, left out (and priced at r − 1).
     """
 
-    TIMING_WINDOW = 63
+    TIMING_WINDOW = 127
+    #: Recompute the plain step's trimmed mean after this many new plain steps (sorting costs µs).
+    REFRESH_EVERY = 8
 
     def __init__(self, every: int | None, budget: float) -> None:
         self.every = every
@@ -328,7 +347,10 @@ class _Schedule:
             True: deque(maxlen=self.TIMING_WINDOW), False: deque(maxlen=self.TIMING_WINDOW)
         }
         self._warm: dict[bool, bool] = {True: False, False: False}
-        self._ratio: float | None = None
+        self._typical: dict[bool, float] = {True: math.nan, False: math.nan}
+        self._stale: dict[bool, int] = {True: 0, False: 0}
+        self._spent = 0.0  # extra plain-step units of the priced instrumented steps
+        self._unpriced = 0  # instrumented steps timed before a plain step was
 
     def decide(self) -> bool:
         if self.every is not None:
@@ -339,27 +361,51 @@ class _Schedule:
             return False  # calibrate the plain step first
         if len(self._seconds[True]) == 0:
             return True
-        extra_per_step = self.cost_ratio() - 1.0
-        return (self.instrumented_steps + 1) * extra_per_step <= self.budget * (self.steps + 1)
+        return self.spent() + self.cost_ratio() - 1.0 <= self.budget * (self.steps + 1)
+
+    def record_seconds(self, instrumented: bool, seconds: float) -> None:
+        warm_up = not self._warm[instrumented]
+        self._warm[instrumented] = True  # the first step of its kind pays allocations, caches
+        if instrumented:
+            plain = self._seconds_of(False)
+            if warm_up or not math.isfinite(plain):
+                self._unpriced += 1
+            else:
+                self._spent += seconds / plain - 1.0
+        if not warm_up:
+            self._seconds[instrumented].append(seconds)
+            self._stale[instrumented] += 1
+
+    def _seconds_of(self, instrumented: bool) -> float:
+        """Typical seconds of a step of this kind, refreshed every few new steps."""
+        window = self._seconds[instrumented]
+        if not window:
+            return math.nan
+        stale = self._stale[instrumented]
+        if stale and (math.isnan(self._typical[instrumented]) or instrumented or stale >= self.REFRESH_EVERY):
+            self._typical[instrumented] = trimmed_mean(window)
+            self._stale[instrumented] = 0
+        return self._typical[instrumented]
+
+    def charge(self, seconds: float) -> None:
+        """Count ``seconds`` of the monitor's own work on a plain step as overhead."""
+        plain = self._seconds_of(False)
+        if math.isfinite(plain):
+            self._spent += seconds / plain
+
+    def cost_ratio(self) -> float:
+        """Seconds of an instrumented step ÷ a plain one (nan until both are measured)."""
+        return self._seconds_of(True) / self._seconds_of(False)
+
+    def spent(self) -> float:
+        """Extra time of the instrumented steps so far, in plain steps (nan before calibration)."""
+        if self._unpriced == 0:
+            return self._spent
+        return self._spent + self._unpriced * (self.cost_ratio() - 1.0)
 
     def advance(self, instrumented: bool) -> None:
         self.steps += 1
         self.instrumented_steps += int(instrumented)
-
-    def record_seconds(self, instrumented: bool, seconds: float) -> None:
-        if not self._warm[instrumented]:
-            self._warm[instrumented] = True  # first step of its kind: allocations, caches
-            return
-        self._seconds[instrumented].append(seconds)
-        self._ratio = None
-
-    def cost_ratio(self) -> float:
-        """Median instrumented step ÷ median plain step (nan until both are measured)."""
-        if not self._seconds[True] or not self._seconds[False]:
-            return math.nan
-        if self._ratio is None:
-            self._ratio = statistics.median(self._seconds[True]) / statistics.median(self._seconds[False])
-        return self._ratio
 
     def period(self) -> int:
         """Steps between measurements that keep the overhead under the budget (in the long run)."""
@@ -371,13 +417,12 @@ class _Schedule:
         return max(1, math.ceil((ratio - 1.0) / self.budget))
 
     def overhead_fraction(self) -> float:
-        """Extra seconds of the instrumented steps ÷ seconds of the same steps run plain."""
+        """Extra seconds of the instrumented steps ÷ seconds of all steps run plain."""
         if self.instrumented_steps == 0:
             return 0.0
-        ratio = self.cost_ratio()
-        if not math.isfinite(ratio) or self.steps == 0:
+        if self.steps == 0:
             return math.nan
-        return self.instrumented_steps * (ratio - 1.0) / self.steps
+        return self.spent() / self.steps
 
 
 # --------------------------------------------------------------------------------------------
@@ -476,6 +521,7 @@ class NoiseScaleMonitor(TrainingHook):
         self._measuring = False
         self._was_measured = False
         self._started_at: float | None = None
+        self._own_seconds = 0.0  # the monitor's bookkeeping within the current step
         self._reset_step_buffers()
 
     # ---- what callers read ------------------------------------------------------------------
@@ -543,7 +589,9 @@ class NoiseScaleMonitor(TrainingHook):
         self._previous = flat
 
     def on_gradients(self, model: nn.Module, state: TrainState, loss: float) -> None:
+        entered = time.perf_counter()
         self._finish_gradients(loss)
+        self._own_seconds += time.perf_counter() - entered
 
     def on_step_end(self, state: TrainState) -> None:
         self.end_step()
@@ -561,7 +609,10 @@ class NoiseScaleMonitor(TrainingHook):
         if not self._measuring:
             loss = loss_fn(model, batch)
             loss.backward()
-            self._finish_gradients(float(loss.detach()))
+            value = float(loss.detach())
+            entered = time.perf_counter()
+            self._finish_gradients(value)
+            self._own_seconds += time.perf_counter() - entered
             return loss.detach()
         if self.method == "exact":
             return self._exact_backward(model, batch, loss_fn)
@@ -581,10 +632,14 @@ class NoiseScaleMonitor(TrainingHook):
         """Close the step's timing (optional in a plain loop: the next backward() does it)."""
         if self._started_at is None:
             return
-        seconds = time.perf_counter() - self._started_at
+        entered = time.perf_counter()
+        seconds = entered - self._started_at
         self._started_at = None
         if self.enabled:
             self._schedule.record_seconds(self._was_measured, seconds)
+            if not self._was_measured:
+                # The monitor's own bookkeeping on a plain step is overhead too.
+                self._schedule.charge(self._own_seconds + time.perf_counter() - entered)
 
     # ---- internals --------------------------------------------------------------------------
 
@@ -598,10 +653,13 @@ class NoiseScaleMonitor(TrainingHook):
 
     def _begin_step(self) -> None:
         self.end_step()  # a plain loop that never calls end_step: time start to start
-        self._reset_step_buffers()
+        entered = time.perf_counter()
+        if self._was_measured:
+            self._reset_step_buffers()
         self._measuring = self.enabled and self._schedule.decide()
         self._was_measured = self._measuring
         self._started_at = time.perf_counter()
+        self._own_seconds = self._started_at - entered
 
     def _start_measured_step(self, model: nn.Module) -> None:
         self._params = [p for p in model.parameters() if p.requires_grad]
@@ -713,8 +771,9 @@ def exact_noise_scale(task: Task | LossFn, model: nn.Module, batch: Any, *,
         preconditioner: optional flat per-coordinate scale (adam-preconditioned variant).
         dataset_size: training samples N, for the finite-population correction of |G|².
 
-    Raises NoiseError for BatchNorm models (per-example gradients are undefined there) and when
-    the model cannot be vmapped.
+    Models that ``vmap`` cannot batch (e.g. ``nn.GRU``) fall back to one backward pass per
+    example: same numbers, slower. Raises NoiseError for BatchNorm models in training mode
+    (per-example gradients are undefined there) and when neither way works.
     """
     loss_fn = task.loss_fn if isinstance(task, Task) else task
     _reject_batch_norm(model)
@@ -775,19 +834,43 @@ def _per_example_function(model: nn.Module, loss_fn: LossFn) -> Callable[[Any], 
         return functional_call(wrapper, state, (single,))
 
     per_example = vmap(grad(example_loss), in_dims=(None, 0), randomness="different")
+    vmap_failed: list[BaseException] = []
 
-    def run(chunk: Any) -> torch.Tensor:
-        try:
-            grads = per_example(params, chunk)
-        except Exception as exc:  # the user's model: name the reason in one line
-            raise NoiseError(
-                f"per-example gradients with torch.func.vmap failed for this model "
-                f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
-                "use method='estimator'"
-            ) from exc
-        return grads
+    def run(chunk: Any) -> dict[str, torch.Tensor]:
+        if not vmap_failed:
+            try:
+                return per_example(params, chunk)
+            except Exception as exc:  # some layers (e.g. nn.GRU) have no batching rule
+                vmap_failed.append(exc)
+        return _loop_over_examples(model, loss_fn, chunk, vmap_failed[0])
 
     return run
+
+
+def _loop_over_examples(model: nn.Module, loss_fn: LossFn, chunk: Any,
+                        reason: BaseException) -> dict[str, torch.Tensor]:
+    """Per-example gradients one backward pass at a time: the fallback where vmap cannot go."""
+    named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+    rows: dict[str, list[torch.Tensor]] = {name: [] for name, _ in named}
+    for index in range(_batch_len(chunk)):
+        single = _slice_batch(chunk, index, index + 1)
+        try:
+            loss = loss_fn(model, single)
+            grads = torch.autograd.grad(loss, [p for _, p in named], allow_unused=True)
+        except Exception as exc:
+            raise NoiseError(
+                "per-example gradients failed for this model (vmap: "
+                f"{type(reason).__name__}: {_first_line(reason)}; one example at a time: "
+                f"{type(exc).__name__}: {_first_line(exc)}); use method='estimator'"
+            ) from exc
+        for (name, p), g in zip(named, grads, strict=True):
+            rows[name].append(torch.zeros_like(p) if g is None else g.detach())
+    return {name: torch.stack(values) for name, values in rows.items()}
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error)
+    return text.splitlines()[0] if text else ""
 
 
 # --------------------------------------------------------------------------------------------
