@@ -27,6 +27,21 @@ F = TypeVar("F", bound=Callable[..., Any])
 TASK_HELP = "built-in task name (see `batchsage tasks`) or path/to/file.py:ATTR"
 
 
+@app.callback()
+def configure(
+    threads: int | None = typer.Option(
+        None, "--threads", min=1,
+        help="CPU threads for torch (default: torch's choice). On a machine shared with other "
+        "busy processes, 1 avoids stalls of waiting threads that distort every timing.",
+    ),
+) -> None:
+    """Options that apply to every command."""
+    if threads is not None:
+        from batchsage.device import set_cpu_threads
+
+        set_cpu_threads(threads)
+
+
 def reports_errors(func: F) -> F:
     """Turn BatchsageError into one line on stderr and exit 2; Ctrl-C into exit 130."""
 
