@@ -26,6 +26,7 @@ from typer.testing import CliRunner
 
 from batchsage.cli import app
 from batchsage.errors import BatchsageError, ConfigError
+from batchsage.report.pareto import pareto_front, plot_pareto
 from batchsage.sweep import (
     CutHook,
     StorageError,
@@ -217,6 +218,14 @@ def test_best_config_takes_the_median_over_seeds() -> None:
     best = best_config(trials)
     assert best is not None and best["batch_size"] == 64 and best["seconds_to_target"] == 4.0
     assert best_config([_trial(16, None)]) is None
+
+
+def test_pareto_front_keeps_points_no_other_beats_on_both_axes(tmp_path: Path) -> None:
+    points = [{"x": 1.0, "y": 0.5}, {"x": 2.0, "y": 0.3}, {"x": 3.0, "y": 0.4}, {"x": 4.0, "y": 0.1}]
+    assert pareto_front(points, higher_is_better=False) == [(1.0, 0.5), (2.0, 0.3), (4.0, 0.1)]
+    assert pareto_front(points, higher_is_better=True) == [(1.0, 0.5)]
+    empty = plot_pareto({"task": "t", "trials": [], "metric": {"name": "m"}}, tmp_path / "p.png")
+    assert empty.stat().st_size > 0  # a sweep with nothing finished still gets its plot
 
 
 # -- whole sweeps, in memory ---------------------------------------------------------------------

@@ -5,10 +5,11 @@ Drawn from the ``sweep.json`` document, so a saved sweep can be re-plotted witho
     from batchsage.report.pareto import plot_pareto
     plot_pareto(json.loads(Path("out/sweep.json").read_text()), Path("out/pareto.png"))
 
-Colour is the batch size (log2 scale); the marker says how the trial ended (reached the target,
-cut early, ran out its budget, diverged); each batch size's best trial is ringed and labelled; the
-dashed line is the target and the step line the Pareto front (no other trial is both faster and
-better). Built on :class:`matplotlib.figure.Figure` with the Agg canvas, never ``pyplot``.
+Colour is the batch size (log scale); the marker says how the trial ended (reached the target,
+cut early, ran out its budget, diverged); each batch size's best trial is ringed and the sweep's
+best configuration starred; the dashed line is the target and the step line the Pareto front (no
+other trial is both faster and better). Built on :class:`matplotlib.figure.Figure` with the Agg
+canvas, never ``pyplot``.
 """
 
 from __future__ import annotations
@@ -21,11 +22,13 @@ from typing import Any
 from matplotlib.axes import Axes
 from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter, NullFormatter
 
 FIGURE_SIZE_INCHES = (7.5, 4.6)
 DPI = 110
 COLOR_TARGET = "#2ca02c"
 COLOR_FRONT = "#7f7f7f"
+COLOR_BEST = "#d62728"
 MARKERS = {"reached": "o", "cut": "X", "budget": "s", "diverged": "^"}
 LABELS = {"reached": "reached target", "cut": "cut early (pruned/censored)",
           "budget": "budget exhausted", "diverged": "diverged"}
@@ -108,6 +111,8 @@ def pareto_figure(document: Mapping[str, Any]) -> Figure:
     xs = [p["x"] for p in points]
     if max(xs) / min(xs) > 20:
         axes.set_xscale("log")
+        axes.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+        axes.xaxis.set_minor_formatter(NullFormatter())
     axes.set_xlabel("training seconds (validation excluded)")
     axes.set_ylabel(f"final {metric.get('name', 'metric')}")
     axes.legend(fontsize=8, loc="best")
@@ -115,19 +120,19 @@ def pareto_figure(document: Mapping[str, Any]) -> Figure:
 
 
 def _highlight_best(axes: Axes, document: Mapping[str, Any], points: Sequence[Mapping[str, Any]]) -> None:
-    """Ring and label each batch size's best trial (``best_per_batch_size`` in the document)."""
+    """Ring each batch size's best trial (``best_per_batch_size``); star and label the overall best."""
     by_number = {p.get("number"): p for p in points}
-    best_rows = document.get("best_per_batch_size") or []
-    first = True
-    for row in best_rows:
-        point = by_number.get(row.get("number"))
-        if point is None:
-            continue
-        axes.scatter([point["x"]], [point["y"]], s=190, facecolors="none", edgecolors="#d62728",
-                     linewidths=1.6, zorder=4, label="best per B" if first else None)
-        axes.annotate(f"B={point['batch_size']}", (point["x"], point["y"]), textcoords="offset points",
-                      xytext=(6, 6), fontsize=8, color="#d62728")
-        first = False
+    rings = [by_number[row.get("number")] for row in document.get("best_per_batch_size") or []
+             if row.get("number") in by_number]
+    if rings:
+        axes.scatter([p["x"] for p in rings], [p["y"] for p in rings], s=190, facecolors="none",
+                     edgecolors=COLOR_BEST, linewidths=1.6, zorder=4, label="best trial of its B")
+    best = document.get("best") or {}
+    chosen = [p for p in rings if p["batch_size"] == best.get("batch_size") and p["lr"] == best.get("lr")]
+    if chosen:
+        point = chosen[0]
+        axes.scatter([point["x"]], [point["y"]], marker="*", s=320, color=COLOR_BEST, edgecolors="black",
+                     linewidths=0.6, zorder=5, label=f"best: B={point['batch_size']}, lr={point['lr']:.3g}")
 
 
 def plot_pareto(document: Mapping[str, Any], path: Path) -> Path:
