@@ -209,8 +209,12 @@ def test_plentiful_memory_caps_the_ceiling_at_the_data_set(tiny_task: Task) -> N
     assert profile.limited_by == "dataset"
     assert profile.max_batch_size == tiny_task.num_train_samples
     assert "available" in profile.budget_source
-    assert any("data set" in note for note in profile.notes)
-    assert profile.probes[-1].fits and profile.probes[-1].batch_size == tiny_task.num_train_samples
+    # The line's upper bound at 512 samples is far below gigabytes: no step over the data set.
+    assert not profile.verified and profile.measurements == 2
+    assert any("predicted to fit" in note and "data set" in note for note in profile.notes)
+    verified = probe_memory(tiny_task, cap_margin=0.0)
+    assert verified.verified and verified.max_batch_size == tiny_task.num_train_samples
+    assert verified.probes[-1].fits and verified.probes[-1].batch_size == tiny_task.num_train_samples
 
 
 def test_a_limit_caps_the_ceiling_and_says_so(tiny_task: Task) -> None:
@@ -277,7 +281,7 @@ CURVES = {
 @pytest.mark.parametrize("budget_mib", [600, 1500, 3000])
 def test_search_finds_the_ceiling_within_five_percent_in_few_steps(name: str, budget_mib: int) -> None:
     curve, budget, cap = CURVES[name], budget_mib * MiB, 60_000
-    probes = search_ceiling(synthetic(curve, budget), budget, cap)
+    probes = search_ceiling(synthetic(curve, budget), budget, cap).probes
     best = max(p.batch_size for p in probes if p.fits)
     truth = exact_ceiling(curve, budget, cap)
     assert 0.95 * truth <= best <= truth
@@ -289,16 +293,34 @@ def test_search_finds_the_ceiling_within_five_percent_in_few_steps(name: str, bu
 
 def test_search_survives_out_of_memory_without_a_measured_peak() -> None:
     curve, budget = CURVES["linear"], 1000 * MiB  # crossing at B=2400
-    probes = search_ceiling(synthetic(curve, budget, oom_above=1000), budget, 60_000, max_measurements=8)
+    probes = search_ceiling(synthetic(curve, budget, oom_above=1000), budget, 60_000,
+                            max_measurements=8).probes
     best = max(p.batch_size for p in probes if p.fits)
     assert best <= 1000 and best >= 0.95 * 1000 * 0.9
     assert any(p.outcome == "out of memory" for p in probes)
 
 
-def test_search_stops_at_the_cap_when_memory_does_not_grow() -> None:
-    probes = search_ceiling(synthetic(lambda b: 300 * MiB, 400 * MiB), 400 * MiB, 1437)
-    assert [p.batch_size for p in probes] == [8, 128, 1437]
-    assert probes[-1].fits
+def test_search_verifies_the_cap_when_the_margin_is_thin() -> None:
+    search = search_ceiling(synthetic(lambda b: 300 * MiB, 400 * MiB), 400 * MiB, 1437)
+    assert [p.batch_size for p in search.probes] == [8, 128, 1437]
+    assert search.probes[-1].fits and search.verified and search.ceiling == 1437
+
+
+def test_search_accepts_the_cap_unverified_only_under_an_upper_bound() -> None:
+    flat = search_ceiling(synthetic(lambda b: 300 * MiB, 4096 * MiB), 4096 * MiB, 1437)
+    assert [p.batch_size for p in flat.probes] == [8, 128]
+    assert flat.ceiling == 1437 and not flat.verified
+    # 0.25 MiB per sample, 60k samples ≈ 15 GiB at the cap, budget 16 GiB: too close to skip, so
+    # the cap is verified (no cheap probe could settle it).
+    budget = 16 * 1024 * MiB
+    linear = search_ceiling(synthetic(CURVES["linear"], budget), budget, 60_000)
+    assert linear.probes[-1].batch_size == 60_000
+    assert linear.verified and linear.ceiling == 60_000
+    # With 24 GiB the line leaves room, and a probe a fraction of the cap's size settles the bound.
+    budget = 24 * 1024 * MiB
+    roomy = search_ceiling(synthetic(CURVES["linear"], budget), budget, 60_000)
+    assert not roomy.verified and roomy.ceiling == 60_000
+    assert len(roomy.probes) == 3 and 128 < roomy.probes[-1].batch_size <= 60_000 // 4
 
 
 def test_search_raises_when_one_sample_does_not_fit() -> None:

@@ -11,8 +11,11 @@ near the budget and returns the largest B whose measured step fits, found like t
    beyond it, that is the ceiling; otherwise the prediction is corrected with the new point
    (regula falsi once the budget is bracketed) and verified again.
 
-A step that runs out of memory is a data point, never a crash. Every batch size reported as
-fitting was measured by a real step; none is only predicted.
+The batch size never exceeds the training set. When the line says the whole data set fits, a
+step over all of it could cost more than everything else, so it is skipped when even an upper
+bound of the line (slope raised by the measurement noise) stays within ``cap_margin`` (80 %) of
+the budget; the result says ``verified: False`` then. Every other batch size reported as fitting
+was measured by real steps. A step that runs out of memory is a data point, never a crash.
 
 How a step is measured depends on the device (one small class each, same interface):
 
@@ -82,6 +85,10 @@ GUARD_FACTOR = 2.0
 GUARD_MIN_BYTES = 256 * 1024**2
 #: A CPU child never grows beyond this fraction of the memory the machine has available now.
 MACHINE_FRACTION = 0.8
+#: Run-to-run differences of a measured peak: up to about the largest allocation glibc serves
+#: from its heap (its mmap threshold rises to at most 32 MiB on 64-bit), whose freed space stays
+#: resident. Slopes are taken between points further apart in memory than this.
+SLOPE_NOISE_BYTES = 32 * 1024**2
 #: Training steps per measured batch size: at least the first, more while the peak still grows.
 MIN_STEPS_PER_PROBE = 3
 MAX_STEPS_PER_PROBE = 4
@@ -150,7 +157,11 @@ class MemoryProfile:
         budget_bytes: the memory a training step may use.
         fixed_bytes, per_sample_bytes: ``mem(B) = fixed + per_sample·B``, the line through the
             measured points nearest the ceiling (it describes memory near the ceiling best).
-        max_batch_size: the largest batch size measured to fit (capped at the data set size).
+        max_batch_size: the largest batch size measured to fit (capped at the data set size), or
+            the cap itself when ``verified`` is False.
+        verified: a real step at ``max_batch_size`` was measured to fit. False only when the data
+            set size (or the limit) was accepted because an upper bound of the line put it well
+            within the budget (a step over the whole data set can cost more than the rest).
         limited_by: "memory", "dataset" (every training sample fits in one step) or "limit"
             (the caller's ``max_batch_size_limit``).
         probes: every measured step, in order.
@@ -166,6 +177,7 @@ class MemoryProfile:
     per_sample_bytes: float
     max_batch_size: int
     limited_by: Literal["memory", "dataset", "limit"]
+    verified: bool
     probes: list[MemoryProbe]
     measurements: int
     steps_used: int
@@ -187,6 +199,7 @@ class MemoryProfile:
             "per_sample_bytes": self.per_sample_bytes,
             "max_batch_size": self.max_batch_size,
             "limited_by": self.limited_by,
+            "verified": self.verified,
             "dataset_size": self.dataset_size,
             "measurements": self.measurements,
             "steps_used": self.steps_used,
@@ -489,6 +502,20 @@ def fresh_model(task: Task) -> nn.Module:
 # --------------------------------------------------------------------------------------------
 
 
+@dataclass
+class CeilingSearch:
+    """What :func:`search_ceiling` measured and concluded.
+
+    ``ceiling`` is the largest fitting measured batch size, or the cap when the cap was accepted
+    without a step there (``verified`` False: an upper bound of the line put the cap well within
+    the budget, see ``cap_margin``).
+    """
+
+    probes: list[MemoryProbe]
+    ceiling: int
+    verified: bool
+
+
 def search_ceiling(
     measure: Callable[[int], MemoryProbe],
     budget_bytes: int,
@@ -496,14 +523,22 @@ def search_ceiling(
     *,
     tolerance: float = 0.05,
     max_measurements: int = 6,
+    cap_margin: float = 0.8,
     first_batch_size: int = FIRST_BATCH_SIZE,
     on_probe: Callable[[MemoryProbe], None] | None = None,
-) -> list[MemoryProbe]:
+) -> CeilingSearch:
     """Measure steps until the largest fitting batch size ≤ ``cap`` is known within ``tolerance``.
 
-    ``measure(B)`` runs one real step and returns its :class:`MemoryProbe`. Returns every probe,
-    in order; the ceiling is the largest fitting batch among them. Device-independent, so that
-    it can be tested against synthetic memory curves.
+    ``measure(B)`` measures the peak memory of training steps at B. Device-independent, so that it
+    can be tested against synthetic memory curves.
+
+    When the line says even ``cap`` (the data set size) fits, a step there can cost more than all
+    the rest (a step over the whole data set). If an upper bound of the line at the cap — its slope
+    raised by ``SLOPE_NOISE_BYTES`` over the measured spread — is within ``cap_margin`` of the
+    budget, the cap is accepted without that step; otherwise a probe at a batch size chosen to
+    settle the bound (if that costs at most a quarter of a step at the cap) tightens the slope
+    first, and the cap is verified only if that does not settle it.
+    ``cap_margin=0`` always verifies.
 
     Raises MemoryBudgetError when even one sample does not fit.
     """
@@ -528,9 +563,48 @@ def search_ceiling(
         crossing = estimate_crossing(probes, budget_bytes)
         if crossing is not None and crossing <= low.batch_size * (1 + tolerance):
             break
+        if crossing is not None and crossing >= cap and high is None:
+            bound = upper_bound_bytes(probes, low, cap)
+            if bound is not None and bound <= cap_margin * budget_bytes:
+                return CeilingSearch(probes, cap, verified=False)
+            tighter = _tightening_batch_size(probes, low, cap, cap_margin * budget_bytes)
+            if tighter is not None:
+                run(tighter, "probe")
+                continue
         next_size, role = _next_batch_size(low, high, crossing, cap)
         run(next_size, role)
-    return probes
+    low, _high = _bracket(probes)
+    return CeilingSearch(probes, low.batch_size, verified=True)
+
+
+def _tightening_batch_size(probes: list[MemoryProbe], low: MemoryProbe, cap: int,
+                           allowed_bytes: float) -> int | None:
+    """A batch size whose measurement would likely bring the cap's upper bound under
+    ``allowed_bytes``, if it costs at most a quarter of a step at the cap; else None.
+
+    With the current slope s, a point at B raises the bound at the cap by the noise spread over
+    the distance from ``low``: ``central(cap) + SLOPE_NOISE_BYTES·(cap − B)/(B − low)``. Solving
+    for B gives the smallest that would do; twice that allows for the slope changing.
+    """
+    base = _base_point(probes, low)
+    if base is None or base.peak_bytes is None or low.peak_bytes is None:
+        return None
+    slope = max((low.peak_bytes - base.peak_bytes) / (low.batch_size - base.batch_size), 0.0)
+    room = allowed_bytes - (low.peak_bytes + slope * (cap - low.batch_size))
+    if room <= 0:
+        return None
+    needed = (SLOPE_NOISE_BYTES * cap + room * low.batch_size) / (room + SLOPE_NOISE_BYTES)
+    target = max(2 * math.ceil(needed), 2 * low.batch_size)
+    return target if target <= cap // 4 else None
+
+
+def upper_bound_bytes(probes: list[MemoryProbe], low: MemoryProbe, batch_size: int) -> float | None:
+    """Peak at ``batch_size`` by the line from ``low``, its slope raised by the measurement noise."""
+    base = _base_point(probes, low)
+    if base is None or base.peak_bytes is None or low.peak_bytes is None:
+        return None
+    slope = (low.peak_bytes - base.peak_bytes + SLOPE_NOISE_BYTES) / (low.batch_size - base.batch_size)
+    return low.peak_bytes + slope * (batch_size - low.batch_size)
 
 
 def _too_small_message(probe: MemoryProbe, budget_bytes: int) -> str:
@@ -580,18 +654,21 @@ def estimate_crossing(probes: list[MemoryProbe], budget_bytes: int) -> float | N
 
 
 def _base_point(probes: list[MemoryProbe], low: MemoryProbe) -> MemoryProbe | None:
-    """The fitting step the slope at ``low`` is measured from: the largest at most half of
-    ``low``'s batch size, or failing that the largest below it.
+    """The fitting step the slope at ``low`` is measured from: the nearest one below it whose
+    peak is at least ``SLOPE_NOISE_BYTES`` lower, or failing that the smallest.
 
-    Peaks vary from run to run by about one activation tensor (allocator effects); between two
-    close batch sizes that can even make the slope negative. A base at least a factor of two
-    away keeps that error small against the memory the extra samples take.
+    Peaks vary from run to run by up to about one heap-sized allocation (allocator effects), so
+    between two close batch sizes the slope can be anything, even negative; the nearest point
+    that differs by more than that noise keeps the slope local (memory per sample often shrinks
+    as B grows) and its error small.
     """
-    below = [p for p in probes if p.fits and p.batch_size < low.batch_size]
-    if not below:
-        return None
-    far = [p for p in below if 2 * p.batch_size <= low.batch_size]
-    return max(far or below, key=lambda p: p.batch_size)
+    assert low.peak_bytes is not None
+    below = sorted((p for p in probes if p.fits and p.batch_size < low.batch_size),
+                   key=lambda p: p.batch_size, reverse=True)
+    for probe in below:
+        if probe.peak_bytes is not None and low.peak_bytes - probe.peak_bytes >= SLOPE_NOISE_BYTES:
+            return probe
+    return below[-1] if below else None
 
 
 def _next_batch_size(low: MemoryProbe, high: MemoryProbe | None, crossing: float | None,
@@ -636,6 +713,7 @@ def probe_memory(
     *,
     tolerance: float = 0.05,
     max_measurements: int = 6,
+    cap_margin: float = 0.8,
     on_probe: Callable[[MemoryProbe], None] | None = None,
     meter: StepMemoryMeter | None = None,
 ) -> MemoryProfile:
@@ -650,6 +728,8 @@ def probe_memory(
         max_batch_size_limit: never probe beyond this batch size.
         tolerance: stop once the ceiling is known within this fraction.
         max_measurements: at most this many batch sizes measured (probes and verifications).
+        cap_margin: accept the data set size (or the limit) without a step there when an upper
+            bound of the fitted line puts it below this fraction of the budget; 0 always verifies.
         on_probe: called after each measured step (progress display).
         meter: how a step is measured (default: chosen by the device).
 
@@ -670,6 +750,8 @@ def probe_memory(
         cap = min(cap, max_batch_size_limit)
     if not 0 < tolerance < 1:
         raise ConfigError(f"tolerance must be between 0 and 1, got {tolerance!r}")
+    if not 0 <= cap_margin < 1:
+        raise ConfigError(f"cap_margin must be in [0, 1), got {cap_margin!r}")
     if max_measurements < 3:
         raise ConfigError(
             f"max_measurements must be at least 3 (two probes and a verification), got {max_measurements}"
@@ -681,23 +763,24 @@ def probe_memory(
         if isinstance(budget_bytes, bool) or not isinstance(budget_bytes, int) or budget_bytes <= 0:
             raise ConfigError(f"memory budget must be a positive number of bytes, got {budget_bytes!r}")
         budget, source = budget_bytes, "given"
-    probes = search_ceiling(
+    search = search_ceiling(
         lambda size: meter.measure(size, budget), budget, cap, tolerance=tolerance,
-        max_measurements=max_measurements, on_probe=on_probe,
+        max_measurements=max_measurements, cap_margin=cap_margin, on_probe=on_probe,
     )
-    low, _high = _bracket(probes)
+    probes = search.probes
     fixed, per_sample = fit_line(probes)
-    if low.batch_size < cap:
+    if search.ceiling < cap:
         limited_by: Literal["memory", "dataset", "limit"] = "memory"
     else:
         limited_by = "dataset" if cap == dataset_size else "limit"
-    notes = _notes(probes, budget, cap, low.batch_size, limited_by, tolerance)
+    notes = _notes(search, budget, cap, limited_by, tolerance)
     return MemoryProfile(
         budget_bytes=budget,
         fixed_bytes=fixed,
         per_sample_bytes=per_sample,
-        max_batch_size=low.batch_size,
+        max_batch_size=search.ceiling,
         limited_by=limited_by,
+        verified=search.verified,
         probes=probes,
         measurements=len(probes),
         steps_used=sum(p.steps for p in probes),
@@ -710,15 +793,19 @@ def probe_memory(
     )
 
 
-def _notes(probes: list[MemoryProbe], budget: int, cap: int, ceiling: int, limited_by: str,
-           tolerance: float) -> list[str]:
+def _notes(search: CeilingSearch, budget: int, cap: int, limited_by: str, tolerance: float) -> list[str]:
     notes: list[str] = []
-    if limited_by == "dataset":
+    probes, ceiling = search.probes, search.ceiling
+    what = "the data set" if limited_by == "dataset" else "the requested limit"
+    if limited_by != "memory" and search.verified:
+        notes.append(f"B={cap} ({what}) fits: {what}, not memory, sets the ceiling")
+    elif limited_by != "memory":
+        low, _ = _bracket(probes)
+        bound = upper_bound_bytes(probes, low, cap)
         notes.append(
-            f"all {cap} training samples fit in one step: the data set, not memory, sets the ceiling"
+            f"B={cap} ({what}) is predicted to fit, not run: even an upper bound of the line "
+            f"({format_bytes(bound or 0)}) is well within the budget; {what}, not memory, sets the ceiling"
         )
-    elif limited_by == "limit":
-        notes.append(f"stopped at the requested limit of {cap}")
     else:
         crossing = estimate_crossing(probes, budget)
         if crossing is not None and math.isfinite(crossing) and crossing > ceiling * (1 + tolerance):
