@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import math
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -23,6 +22,7 @@ from batchsage.adaptive import (
     AdaptiveBatchSampler,
     controller_for_run,
     interpolate_step_seconds,
+    recent_estimate,
 )
 from batchsage.cli import app
 
@@ -76,12 +76,15 @@ def test_grows_in_steps_as_the_noise_scale_grows_and_never_shrinks() -> None:
     sizes = _drive(controller, 80)
     assert all(later >= earlier for earlier, later in itertools.pairwise(sizes))
     grown = [entry.batch_size for entry in controller.schedule]
-    assert grown == [16, 32, 64, 128, 256]  # one doubling per decision, powers of two
-    assert sizes[-1] == 256
-    # Each change happened only once the interval's lower end reached √2 × the current batch.
+    assert grown == [16, 32, 64, 128, 256, 512]  # one doubling per decision, powers of two
+    assert sizes[-1] == 512
+    # Each change happened only once the interval's lower end was above the current batch.
     for entry, previous in zip(controller.schedule[1:], grown, strict=False):
         assert entry.b_noise_ci95 is not None
-        assert entry.b_noise_ci95[0] >= math.sqrt(2) * previous
+        assert entry.b_noise_ci95[0] > previous
+    # ... and at the first decision where it was: the readings before each change did not grow.
+    for reading in controller.readings:
+        assert reading.grew == (reading.b_noise_low > reading.batch_size)
 
 
 def test_lr_follows_the_recommenders_rule_with_the_current_noise_scale() -> None:
@@ -298,3 +301,22 @@ def test_bad_arguments_raise_config_errors(kwargs: dict[str, Any], needle: str) 
     arguments.update(kwargs)
     with pytest.raises(ConfigError, match=needle):
         AdaptiveBatch(**arguments)
+
+
+def test_recent_estimate_follows_the_latest_half_of_the_run() -> None:
+    from batchsage.noise import Measurement, NoiseStatistics
+
+    # B_simple is 10 for the first 100 steps, then 1000: the whole-run average sits in between.
+    statistics = NoiseStatistics(ema=None)
+    noise = torch.Generator().manual_seed(0)
+    for step in range(0, 200, 2):
+        b_simple = 10.0 if step < 100 else 1000.0
+        grad_norm_sq = 1.0 + 0.1 * float(torch.randn(1, generator=noise))
+        statistics.add(Measurement(step, grad_norm_sq, b_simple * grad_norm_sq, 32, 4.0))
+    whole_run = statistics.estimate()
+    assert whole_run is not None and whole_run.b_simple < 600
+    estimate = recent_estimate(SimpleNamespace(statistics=statistics), 200)
+    assert estimate is not None
+    b_simple, (low, high) = estimate
+    assert b_simple == pytest.approx(1000.0, rel=0.05)
+    assert 900.0 < low <= b_simple <= high

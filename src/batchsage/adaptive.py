@@ -16,8 +16,10 @@ the critical batch on classifiers, DESIGN.md pitfalls) and re-plans:
 - "better" is the planner's rule: with a step-time model ``t(B)`` (from a throughput probe or a
   :class:`~batchsage.recommend.Recommendation`), the larger batch must cut the predicted time per
   unit of progress, ``t(B)·(1 + B_noise/B)``, by more than ``tolerance``; without one, the batch
-  follows the critical batch: grow when ``B_noise ≥ √f · B`` (the next rung is nearer to B_noise,
-  in log scale, than the current one);
+  follows the critical batch: grow while B_noise is above the current batch (below B_noise a step
+  is limited by gradient noise, and a larger batch buys almost proportionally fewer steps);
+- the estimate is recent: the measurements since half the steps so far (:func:`recent_estimate`),
+  as the noise scale grows roughly as a power of the step;
 - above the memory ceiling the batch runs as micro-batches × accumulation (:func:`plan.split_for_memory`);
 - the learning rate follows the recommender's rule :func:`plan.scaled_lr` anchored at the starting
   (batch, lr), with the current noise estimate; optionally ramped over ``rewarmup_steps``.
@@ -41,7 +43,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterator, Sequence, Sized
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
@@ -77,6 +79,13 @@ DEFAULT_GROWTH_FACTOR = 2.0
 DEFAULT_MEASUREMENTS_PER_DECISION = 4
 #: The monitor's overhead budget: decisions need measurements often enough to follow the growth.
 DEFAULT_MONITOR_OVERHEAD = 0.1
+#: The estimate at step s averages the measurements since step RECENT_FRACTION · s. The noise scale
+#: grows roughly as a power of the step, so a window proportional to the step lags by a constant
+#: factor (2^β for growth ∝ s^β), where a window of a fixed count of measurements would lag more and
+#: more as measurements thin out, and an average over the whole run would lag behind ever more.
+RECENT_FRACTION = 0.5
+#: Fewer measurements than this in the window: take the latest this many instead.
+MIN_RECENT_MEASUREMENTS = 4
 
 
 class NoiseSource(Protocol):
@@ -120,6 +129,7 @@ class NoiseReading:
     b_noise_low: float
     b_noise_high: float
     grew: bool
+    seconds: float = 0.0  #: what reading the estimate and deciding took (outside the loop's step clock)
 
 
 class AdaptiveBatch(TrainingHook):
@@ -129,7 +139,9 @@ class AdaptiveBatch(TrainingHook):
         batch_size: global batch to start from.
         lr: learning rate to start from.
         lr_scaling: "linear" (SGD-like) or "sqrt" (Adam-like), as :func:`plan.scaled_lr`.
-        base_batch_size, base_lr: anchor of the lr rule (default: the starting batch and lr).
+        base_batch_size, base_lr: a fixed anchor for the lr rule. Default: the batch and lr in use
+            at each change, since the rule relates two batch sizes at one noise scale, and the
+            noise scale at the start no longer holds later.
         max_batch_size: memory ceiling of one micro-batch; larger batches use accumulation
             (None: no ceiling).
         dataset_size: the batch never grows beyond this (a step would repeat samples).
@@ -185,8 +197,8 @@ class AdaptiveBatch(TrainingHook):
             raise ConfigError(f"batch_size {batch_size} exceeds dataset_size {dataset_size}")
 
         self.lr_scaling: plan.LrScaling = lr_scaling
-        self.base_batch_size = base_batch_size or batch_size
-        self.base_lr = float(base_lr or lr)
+        self.base_batch_size = base_batch_size
+        self.base_lr = base_lr
         self.max_batch_size = max_batch_size
         self.dataset_size = dataset_size
         self.calibration = float(calibration) if calibration is not None else DEFAULT_CALIBRATION
@@ -203,6 +215,9 @@ class AdaptiveBatch(TrainingHook):
         self.current_lr = float(lr)  # what the next step uses (differs during a ramp)
         self._ramp: tuple[int, float, float] | None = None  # (start step, from lr, to lr)
         self._next_decision = measurements_per_decision
+        #: Seconds spent deciding (reading the estimate and its interval); the training loop's step
+        #: clock does not include hooks, so this is the controller's overhead on top of the monitor's.
+        self.decision_seconds = 0.0
         self.readings: list[NoiseReading] = []
         self.schedule: list[ScheduleEntry] = [
             ScheduleEntry(0, 0, batch_size, self.micro_batch_size, self.accumulation_steps, self.lr,
@@ -284,7 +299,11 @@ class AdaptiveBatch(TrainingHook):
         update = self._advance_ramp(state.step)
         if not ramping and self.monitor.measurements >= self._next_decision:
             self._next_decision = self.monitor.measurements + self.measurements_per_decision
+            started = time.perf_counter()
             update = self._decide(state) or update
+            self.decision_seconds += time.perf_counter() - started
+            if self.readings and self.readings[-1].step == state.step:
+                self.readings[-1] = replace(self.readings[-1], seconds=time.perf_counter() - started)
         if monitor_update is not None and monitor_update.stop:
             update = update or StepUpdate()
             update.stop, update.reason = True, monitor_update.reason
@@ -293,13 +312,14 @@ class AdaptiveBatch(TrainingHook):
     # ---- the decision -----------------------------------------------------------------------
 
     def _decide(self, state: TrainState) -> StepUpdate | None:
-        estimate = self.monitor.estimate()
-        if estimate is None or estimate.ci95 is None or math.isnan(estimate.b_simple):
+        estimate = recent_estimate(self.monitor, state.step)
+        if estimate is None:
             return None
-        b_noise = self.calibration * estimate.b_simple
-        low, high = (self.calibration * bound for bound in estimate.ci95)
+        b_simple, ci95 = estimate
+        b_noise = self.calibration * b_simple
+        low, high = (self.calibration * bound for bound in ci95)
         new_batch = self._next_batch(low)
-        self.readings.append(NoiseReading(state.step, state.samples, self.batch_size, estimate.b_simple,
+        self.readings.append(NoiseReading(state.step, state.samples, self.batch_size, b_simple,
                                           b_noise, low, high, new_batch is not None))
         if new_batch is None:
             return None
@@ -314,17 +334,18 @@ class AdaptiveBatch(TrainingHook):
         if candidate < 1.5 * current:
             return None  # at the data-set size: nothing left to grow into
         if self.step_seconds is None:
-            return candidate if b_noise_low >= math.sqrt(candidate / current) * current else None
+            return candidate if b_noise_low > current else None
         now, grown = plan.plan_candidates(
             [current, candidate], s_min=1.0, b_noise=b_noise_low, step_seconds=self.step_seconds,
-            max_batch_size=self.max_batch_size or candidate, base_batch_size=self.base_batch_size,
-            base_lr=self.base_lr, scaling=self.lr_scaling,
+            max_batch_size=self.max_batch_size or candidate, base_batch_size=current,
+            base_lr=self.lr, scaling=self.lr_scaling,
         )
         return candidate if grown.predicted_seconds < (1.0 - self.tolerance) * now.predicted_seconds else None
 
     def _grow(self, state: TrainState, batch_size: int, b_noise: float,
               ci95: tuple[float, float]) -> StepUpdate:
-        lr = plan.scaled_lr(batch_size, self.base_batch_size, self.base_lr, self.lr_scaling, b_noise)
+        anchor_batch, anchor_lr = self.base_batch_size or self.batch_size, self.base_lr or self.lr
+        lr = plan.scaled_lr(batch_size, anchor_batch, anchor_lr, self.lr_scaling, b_noise)
         self.batch_size = batch_size
         self.micro_batch_size, self.accumulation_steps = self._split(batch_size)
         self.schedule.append(ScheduleEntry(state.step, state.samples, batch_size, self.micro_batch_size,
@@ -482,6 +503,32 @@ class AdaptiveBatchLoader:
         return len(self.sampler)
 
 
+def recent_estimate(monitor: Any, step: int) -> tuple[float, tuple[float, float]] | None:
+    """(B_simple, its 95 % interval) over the monitor's measurements since ``RECENT_FRACTION · step``.
+
+    Uses the monitor's raw measurements (``monitor.statistics.measurements``) when it keeps them, else
+    its own ``estimate()``. None while there is no interval (fewer than two measurements).
+    """
+    from batchsage.noise import bootstrap_ci, ratio_of_means
+
+    statistics = getattr(monitor, "statistics", None)
+    if statistics is None:
+        estimate = monitor.estimate()
+        if estimate is None or estimate.ci95 is None or math.isnan(estimate.b_simple):
+            return None
+        return estimate.b_simple, tuple(estimate.ci95)
+    measurements = statistics.measurements
+    recent = [m for m in measurements if m.step >= RECENT_FRACTION * step]
+    if len(recent) < MIN_RECENT_MEASUREMENTS:
+        recent = measurements[-MIN_RECENT_MEASUREMENTS:]
+    trace_sigma = [m.trace_sigma for m in recent]
+    grad_norm_sq = [m.grad_norm_sq for m in recent]
+    ci95 = bootstrap_ci(trace_sigma, grad_norm_sq, seed=len(measurements))
+    if ci95 is None:
+        return None
+    return ratio_of_means(trace_sigma, grad_norm_sq)[0], ci95
+
+
 def controller_for_run(task: Task, batch_size: int, lr: float, accumulation_steps: int = 1,
                        max_batch_size: int | None = None, device: Any = "cpu") -> AdaptiveBatch:
     """The controller ``batchsage train --adaptive`` uses, starting at the run's (B, lr).
@@ -535,3 +582,4 @@ def _check_positive_number(name: str, value: object) -> None:
     if (isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value)
             or value <= 0):
         raise ConfigError(f"{name} must be a positive number, got {value!r}")
+

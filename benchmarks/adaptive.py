@@ -1,0 +1,515 @@
+"""Adaptive batch size against the best fixed (B, lr): time to target, interleaved, several seeds.
+
+    python benchmarks/adaptive.py --task fashion-mlp [--seeds 5] [--groundtruth results.json]
+
+Protocol (docs/adaptive.md):
+
+1. The best fixed (B, lr): the ``best`` entry of the ground-truth results file when there is one
+   (benchmarks/groundtruth.py), else a small grid run here (powers of two from the task's base batch
+   × the linearly scaled lr × {½, 1, 2}, seed 0, each cut at ``--censor-factor`` × the best time
+   so far).
+2. Per seed, in an order rotated from seed to seed: the best fixed (B, lr); the adaptive schedule
+   started at that same (B, lr); the adaptive schedule started at the task's base (B, lr), the
+   point a user starts from when nothing has been measured. The controller uses the calibration of
+   ``--calibration`` (default: batchsage's documented default) or, with ``--recommend``, that of
+   ``batchsage.recommend`` (run once, its decision seconds reported).
+3. Time to target, two ways: measured training seconds, and "timed" seconds, where every step
+   counts the median time of its kind (batch size × micro-batches), timed afterwards in short bursts
+   interleaved round-robin over all kinds, plus the controller's decision seconds. It is the ground
+   truth's protocol (steps × interleaved t(B)) extended to schedules whose batch changes: on a
+   shared 2-core machine single runs swing by ±50 % with the load, and a kind run only early or
+   only late would otherwise carry that load. Instrumented steps (the noise monitor's micro-batches)
+   are timed as such, so the monitor's cost is counted.
+4. Median and spread (min–max) over seeds; ratio adaptive/fixed of the medians and per seed.
+
+The JSON is written after every run (atomically), so Ctrl-C leaves a valid partial file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import math
+import os
+import platform
+import random
+import statistics
+import sys
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+from rich.progress import Progress
+from rich.table import Table
+from torch import nn
+
+from batchsage.adaptive import DEFAULT_CALIBRATION, AdaptiveBatch
+from batchsage.cli._app import write_json
+from batchsage.errors import BatchsageError
+from batchsage.plan import power_of_two_grid, scaled_lr
+from batchsage.task import Task, load_task
+from batchsage.training import TrainingHook, TrainResult, TrainState, train
+
+FIXED = "fixed (best of grid)"
+ADAPTIVE_FROM_BEST = "adaptive from best fixed"
+ADAPTIVE_FROM_BASE = "adaptive from task base"
+GRID_LR_MULTIPLIERS = (0.5, 1.0, 2.0)
+GRID_DOUBLINGS = 5
+#: The clock of the timed step table that the headline numbers use (see time_step_kinds).
+PRIMARY_CLOCK = "cpu"
+
+
+class StepTimes(TrainingHook):
+    """Per step: (batch size, micro-batches, wall seconds from the loop's clock, CPU seconds).
+
+    CPU seconds are this thread's (``time.thread_time``) between two step ends: the step and the
+    hooks, without the time other processes held the core.
+    """
+
+    def __init__(self) -> None:
+        self.rows: list[tuple[int, int, float]] = []
+        self.cpu_seconds: list[float] = []
+        self._parts = 1
+        self._seconds = 0.0
+        self._cpu = time.thread_time()
+
+    def on_micro_backward(self, model: nn.Module, index: int, parts: int, batch_size: int) -> None:
+        if index == 0:
+            self._parts = parts
+
+    def on_step_end(self, state: TrainState) -> None:
+        self.rows.append((state.batch_size, self._parts, state.train_seconds - self._seconds))
+        self._seconds = state.train_seconds
+        now = time.thread_time()
+        self.cpu_seconds.append(now - self._cpu)
+        self._cpu = now
+
+
+@dataclass
+class Run:
+    strategy: str
+    seed: int
+    start_batch_size: int
+    start_lr: float
+    result: dict[str, Any]
+    steps: list[tuple[int, int, float]]
+    history: list[dict[str, float]]
+    schedule: list[dict[str, Any]] = field(default_factory=list)
+    readings: list[dict[str, Any]] = field(default_factory=list)
+    monitor_overhead: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "strategy": self.strategy, "seed": self.seed, "start_batch_size": self.start_batch_size,
+            "start_lr": self.start_lr, "result": self.result, "history": self.history,
+            "schedule": self.schedule, "readings": self.readings, "monitor_overhead": self.monitor_overhead,
+            "step_kinds": _step_kinds(self.steps),
+        }
+
+
+def _step_kinds(steps: list[tuple[int, int, float]]) -> list[list[int]]:
+    """Run-length encoding of (batch size, micro-batches) per step: [[B, parts, count], ...]."""
+    encoded: list[list[int]] = []
+    for batch_size, parts, _ in steps:
+        if encoded and encoded[-1][:2] == [batch_size, parts]:
+            encoded[-1][2] += 1
+        else:
+            encoded.append([batch_size, parts, 1])
+    return encoded
+
+
+def run_one(task: Task, strategy: str, batch_size: int, lr: float, seed: int, device: str,
+            calibration: float, max_seconds: float | None = None) -> Run:
+    timer = StepTimes()
+    controller = None
+    if strategy == FIXED or strategy == "grid":
+        result = train(task, batch_size, lr, seed=seed, device=device, max_seconds=max_seconds,
+                       hooks=[timer])
+    else:
+        controller = AdaptiveBatch.for_task(task, batch_size, lr, calibration=calibration)
+        result = controller.train(task, seed=seed, device=device, max_seconds=max_seconds, hooks=[timer])
+    return Run(
+        strategy=strategy, seed=seed, start_batch_size=batch_size, start_lr=lr,
+        result=_result_dict(result), steps=timer.rows,
+        history=[{"step": p.step, "samples": p.samples, "train_seconds": p.train_seconds,
+                  "metric": p.metric} for p in result.history],
+        schedule=controller.schedule_dicts() if controller else [],
+        readings=[asdict(r) for r in controller.readings] if controller else [],
+        monitor_overhead=controller.monitor.overhead_fraction if controller else None,
+    )
+
+
+def _result_dict(result: TrainResult) -> dict[str, Any]:
+    keys = ("reached_target", "steps_to_target", "samples_to_target", "seconds_to_target",
+            "final_metric", "diverged", "steps", "samples", "train_seconds", "stop_reason")
+    return {key: getattr(result, key) for key in keys}
+
+
+# ------------------------------------------------------------------------------------------------
+# Time to target: measured, and from step times timed interleaved
+# ------------------------------------------------------------------------------------------------
+
+StepKind = tuple[int, int]  # (batch size, micro-batches); more than one micro-batch = instrumented
+
+
+def step_kinds(runs: list[Run]) -> list[StepKind]:
+    return sorted({(batch_size, parts) for run in runs for batch_size, parts, _ in run.steps})
+
+
+def time_step_kinds(task: Task, kinds: list[StepKind], device: str, rounds: int = 7,
+                    steps: int = 6, seed: int = 0) -> dict[str, dict[StepKind, float]]:
+    """Median seconds of one step of each kind, timed in short bursts interleaved round-robin.
+
+    Two clocks: "wall" (the loop's) and "cpu" (the training thread's CPU time; with one torch
+    thread, what the wall clock shows on an idle machine). Under load a long step is stretched by
+    the share of the core other processes take while a short one often fits between them, so the
+    wall clock favours small batches; the CPU clock does not. A kind with several micro-batches is
+    timed as the noise monitor runs it (every step instrumented), so it carries the monitor's cost.
+    The first step of each burst is left out.
+    """
+    from batchsage.noise import NoiseScaleMonitor
+
+    order = random.Random(seed)
+    bursts: dict[str, dict[StepKind, list[float]]] = {"wall": defaultdict(list), "cpu": defaultdict(list)}
+    for _ in range(rounds):
+        shuffled = list(kinds)
+        order.shuffle(shuffled)
+        for batch_size, parts in shuffled:
+            timer = StepTimes()
+            hooks: list[TrainingHook] = [timer]
+            if parts > 1:
+                hooks.insert(0, NoiseScaleMonitor(micro_batches=parts, every=1))
+            train(task, batch_size, task.base_lr, seed=seed, device=device, stop_at_target=False,
+                  max_samples=batch_size * (steps + 1), eval_every_samples=1 << 60, hooks=hooks)
+            bursts["wall"][(batch_size, parts)].append(statistics.median(row[2] for row in timer.rows[1:]))
+            bursts["cpu"][(batch_size, parts)].append(statistics.median(timer.cpu_seconds[1:]))
+    return {clock: {kind: statistics.median(values) for kind, values in by_kind.items()}
+            for clock, by_kind in bursts.items()}
+
+
+def timed_seconds_to_target(run: Run, table: dict[StepKind, float]) -> float:
+    """Σ over the steps to target of their kind's timed seconds, plus the controller's decisions."""
+    steps = run.result["steps_to_target"]
+    if not run.result["reached_target"] or steps is None:
+        return math.inf
+    deciding = sum(reading["seconds"] for reading in run.readings if reading["step"] <= steps)
+    return sum(table[(batch_size, parts)] for batch_size, parts, _ in run.steps[:steps]) + deciding
+
+
+def summarize(runs: list[Run], tables: dict[str, dict[StepKind, float]]) -> dict[str, Any]:
+    """Per strategy: median and spread of each time measure; ratios to the fixed (B, lr)."""
+    table = tables[PRIMARY_CLOCK]
+    by_strategy: dict[str, list[Run]] = defaultdict(list)
+    for run in runs:
+        if run.strategy != "grid":
+            by_strategy[run.strategy].append(run)
+    summary: dict[str, Any] = {}
+    for strategy, group in by_strategy.items():
+        measured = [r.result["seconds_to_target"] if r.result["reached_target"] else math.inf for r in group]
+        summary[strategy] = {
+            "seeds": [r.seed for r in group],
+            "reached": sum(r.result["reached_target"] for r in group),
+            "seconds_timed": _stats([timed_seconds_to_target(r, table) for r in group]),
+            "seconds_timed_wall": _stats([timed_seconds_to_target(r, tables["wall"]) for r in group]),
+            "seconds_measured": _stats(measured),
+            "samples_to_target": _stats([r.result["samples_to_target"] or math.inf for r in group]),
+            "steps_to_target": _stats([r.result["steps_to_target"] or math.inf for r in group]),
+            "final_batch_size": _stats([r.schedule[-1]["batch_size"] if r.schedule else r.start_batch_size
+                                        for r in group]),
+            "decision_seconds": _stats([sum(x["seconds"] for x in r.readings) for r in group]),
+        }
+    fixed = summary.get(FIXED)
+    if fixed:
+        reference = {run.seed: timed_seconds_to_target(run, table) for run in by_strategy[FIXED]}
+        for strategy, entry in summary.items():
+            if strategy == FIXED:
+                continue
+            entry["ratio_to_fixed"] = {
+                kind: _ratio(entry[kind]["median"], fixed[kind]["median"])
+                for kind in ("seconds_timed", "seconds_timed_wall", "seconds_measured", "samples_to_target",
+                             "steps_to_target")
+            }
+            entry["ratio_to_fixed_per_seed"] = [
+                _ratio(timed_seconds_to_target(run, table), reference[run.seed])
+                for run in by_strategy[strategy] if run.seed in reference
+            ]
+    return summary
+
+
+def _stats(values: list[float]) -> dict[str, float]:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values), "values": values}
+
+
+def _ratio(value: float, reference: float) -> float:
+    if not (math.isfinite(value) and math.isfinite(reference)) or reference <= 0:
+        return math.inf if math.isfinite(reference) else math.nan
+    return value / reference
+
+
+# ------------------------------------------------------------------------------------------------
+# The best fixed (B, lr)
+# ------------------------------------------------------------------------------------------------
+
+
+def best_from_groundtruth(path: Path | None) -> dict[str, Any] | None:
+    """The ground truth's best (B, lr), if its results file has one."""
+    if path is None or not path.is_file():
+        return None
+    best = json.loads(path.read_text()).get("best")
+    if not best or "batch_size" not in best or "lr" not in best:
+        return None
+    return {"batch_size": int(best["batch_size"]), "lr": float(best["lr"]),
+            "source": str(path), "seconds_to_target": best.get("seconds_to_target")}
+
+
+def grid_configs(task: Task) -> list[tuple[int, float]]:
+    """Powers of two from base/4 to base × 32 × scaled lr × {½, 1, 2}, near base × 4 first.
+
+    The order only makes the censoring cut earlier (a good time is known sooner); a cut run is at
+    least ``censor_factor`` times slower than one already measured, so it cannot be the best.
+    """
+    scaling = task.resolved_lr_scaling()
+    low = max(1, task.base_batch_size // 4)
+    high = min(task.base_batch_size << GRID_DOUBLINGS, task.num_train_samples)
+    sizes = [b for b in power_of_two_grid(low, high) if b <= task.num_train_samples]
+    middle = math.log2(task.base_batch_size * 4)
+    sizes.sort(key=lambda b: abs(math.log2(b) - middle))
+    return [(b, m * scaled_lr(b, task.base_batch_size, task.base_lr, scaling))
+            for b in sizes for m in GRID_LR_MULTIPLIERS]
+
+
+def best_from_grid(task: Task, device: str, censor_factor: float, runs: list[Run],
+                   save: Callable[[], None], progress: Progress) -> dict[str, Any]:
+    """Run the small grid (seed 0) and pick the (B, lr) with the least timed time to target."""
+    configs = grid_configs(task)
+    bar = progress.add_task("small fixed grid (seed 0)", total=len(configs))
+    grid: list[Run] = []
+    best_measured = math.inf
+    for batch_size, lr in configs:
+        limit = censor_factor * best_measured if math.isfinite(best_measured) else None
+        run = run_one(task, "grid", batch_size, lr, task.seed, device, DEFAULT_CALIBRATION, limit)
+        grid.append(run)
+        runs.append(run)
+        save()
+        if run.result["reached_target"]:
+            best_measured = min(best_measured, run.result["seconds_to_target"])
+        progress.advance(bar)
+    table = time_step_kinds(task, step_kinds(grid), device)[PRIMARY_CLOCK]
+    best = min(grid, key=lambda run: timed_seconds_to_target(run, table))
+    if not best.result["reached_target"]:
+        raise BatchsageError(f"no (B, lr) of the grid reached the target of task {task.name!r}")
+    return {"batch_size": best.start_batch_size, "lr": best.start_lr,
+            "source": "grid in this benchmark (seed 0, steps × interleaved step times)",
+            "seconds_to_target": timed_seconds_to_target(best, table),
+            "grid": [{"batch_size": r.start_batch_size, "lr": r.start_lr,
+                      "timed_seconds_to_target": timed_seconds_to_target(r, table),
+                      "seconds_to_target": r.result["seconds_to_target"]} for r in grid]}
+
+
+# ------------------------------------------------------------------------------------------------
+# Plot
+# ------------------------------------------------------------------------------------------------
+
+
+def plot(document: dict[str, Any], runs: list[Run], table: dict[StepKind, float], path: Path) -> None:
+    """Left: batch size and calibrated noise scale over steps. Right: metric against timed seconds."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
+    colors = {FIXED: "tab:gray", ADAPTIVE_FROM_BEST: "tab:blue", ADAPTIVE_FROM_BASE: "tab:orange"}
+    for strategy in (ADAPTIVE_FROM_BEST, ADAPTIVE_FROM_BASE):
+        group = [r for r in runs if r.strategy == strategy]
+        if not group:
+            continue
+        run = _median_run(group, table)
+        steps = [e["step"] for e in run.schedule] + [run.result["steps"]]
+        sizes = [e["batch_size"] for e in run.schedule]
+        left.step(steps, [*sizes, sizes[-1]], where="post", color=colors[strategy],
+                  label=f"B, {strategy} (seed {run.seed})")
+        readings = run.readings
+        if readings:
+            left.plot([r["step"] for r in readings], [r["b_noise"] for r in readings], ".", ms=3,
+                      color=colors[strategy], alpha=0.6, label="calibrated B_noise")
+            left.fill_between([r["step"] for r in readings], [max(r["b_noise_low"], 1e-9) for r in readings],
+                              [r["b_noise_high"] for r in readings], color=colors[strategy], alpha=0.12)
+    best = document["best_fixed"]
+    left.axhline(best["batch_size"], color=colors[FIXED], ls="--", label=f"best fixed B={best['batch_size']}")
+    left.set_yscale("log", base=2)
+    left.set_xlabel("optimiser step")
+    left.set_ylabel("batch size (samples)")
+    left.set_title(f"{document['task']}: adaptive schedule")
+    left.legend(fontsize=7, loc="upper left", bbox_to_anchor=(0, -0.15), ncol=2)
+    for run in runs:
+        if run.strategy == "grid":
+            continue
+        cumulative = _timed_cumulative(run, table)
+        xs = [cumulative[min(p["step"], len(cumulative)) - 1] if p["step"] else 0.0 for p in run.history]
+        right.plot(xs, [p["metric"] for p in run.history], color=colors[run.strategy], alpha=0.5, lw=1,
+                   label=run.strategy if run.seed == document["seeds"][0] else None)
+    right.axhline(document["target"], color="black", lw=0.8, ls=":", label="target")
+    right.set_xlabel("training seconds (steps × interleaved step times)")
+    right.set_ylabel(document["metric"])
+    right.set_title("validation metric, every seed")
+    right.legend(fontsize=7, loc="upper left", bbox_to_anchor=(0, -0.15), ncol=2)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+
+
+def _median_run(group: list[Run], table: dict[StepKind, float]) -> Run:
+    ordered = sorted(group, key=lambda run: timed_seconds_to_target(run, table))
+    return ordered[(len(ordered) - 1) // 2]
+
+
+def _timed_cumulative(run: Run, table: dict[StepKind, float]) -> list[float]:
+    total, cumulative = 0.0, []
+    for batch_size, parts, _ in run.steps:
+        total += table[(batch_size, parts)]
+        cumulative.append(total)
+    return cumulative or [0.0]
+
+
+# ------------------------------------------------------------------------------------------------
+# Main
+# ------------------------------------------------------------------------------------------------
+
+
+def machine_info(device: str) -> dict[str, Any]:
+    return {"platform": platform.platform(), "cpu_count": os.cpu_count(), "torch": torch.__version__,
+            "torch_threads": torch.get_num_threads(), "python": platform.python_version(), "device": device}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--task", required=True, help="built-in task name or path/to/file.py:ATTR")
+    parser.add_argument("--seeds", type=int, default=3, help="seeds per strategy (≥ 3)")
+    parser.add_argument("--groundtruth", type=Path, default=None,
+                        help="ground-truth results (default: benchmarks/results/<task>.json if present)")
+    parser.add_argument("--own-grid", action="store_true",
+                        help="run the small grid here even when a ground-truth results file exists")
+    parser.add_argument("--calibration", type=float, default=None,
+                        help=f"B_noise = calibration × B_simple (default {DEFAULT_CALIBRATION})")
+    parser.add_argument("--recommend", action="store_true",
+                        help="take the calibration from batchsage.recommend (run once)")
+    parser.add_argument("--censor-factor", type=float, default=3.0, help="grid: cut runs past this × best")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads (default 1: on a shared 2-core machine a 2nd thread stalls)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="default: benchmarks/results/adaptive_<task>.json")
+    parser.add_argument("--plot", type=Path, default=None, help="default: the --out path with .png")
+    args = parser.parse_args(argv)
+    if args.seeds < 1:
+        parser.error("--seeds must be positive")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    console = Console(stderr=True)
+    try:
+        task = load_task(args.task)
+    except BatchsageError as exc:
+        console.print(f"[red]error:[/] {exc}")
+        return 2
+    results_dir = Path(__file__).parent / "results"
+    out = args.out or results_dir / f"adaptive_{task.name}.json"
+    plot_path = args.plot or out.with_suffix(".png")
+    groundtruth = args.groundtruth or results_dir / f"{task.name}.json"
+    document: dict[str, Any] = {
+        "status": "partial", "task": task.name, "metric": task.metric_name, "target": task.target,
+        "higher_is_better": task.higher_is_better, "seeds": [task.seed + i for i in range(args.seeds)],
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "machine": machine_info(args.device),
+        "load_average_start": list(os.getloadavg()),
+    }
+    runs: list[Run] = []
+
+    def save() -> None:
+        document["runs"] = [run.to_dict() for run in runs]
+        write_json(out, document)
+
+    try:
+        with Progress(console=console, transient=False) as progress:
+            _run_benchmark(task, args, groundtruth, document, runs, save, progress, console)
+    except KeyboardInterrupt:
+        save()
+        console.print(f"interrupted: partial results in {out}")
+        return 130
+    compared = [run for run in runs if run.strategy != "grid"]
+    with console.status("timing every step kind, interleaved"):
+        tables = time_step_kinds(task, step_kinds(compared), args.device)
+    document["step_seconds"] = [{"batch_size": b, "micro_batches": p, "cpu_seconds": t,
+                                 "wall_seconds": tables["wall"][(b, p)]}
+                                for (b, p), t in sorted(tables["cpu"].items())]
+    document["primary_clock"] = PRIMARY_CLOCK
+    document["summary"] = summarize(compared, tables)
+    document["status"] = "complete"
+    document["load_average_end"] = list(os.getloadavg())
+    save()
+    plot(document, compared, tables[PRIMARY_CLOCK], plot_path)
+    print_summary(document, console)
+    console.print(f"results: {out}\nplot: {plot_path}")
+    return 0
+
+
+def _run_benchmark(task: Task, args: argparse.Namespace, groundtruth: Path, document: dict[str, Any],
+                   runs: list[Run], save: Callable[[], None], progress: Progress, console: Console) -> None:
+    calibration = args.calibration if args.calibration is not None else DEFAULT_CALIBRATION
+    document["calibration"] = {"value": calibration, "source": "argument" if args.calibration else "default"}
+    if args.recommend:
+        from batchsage.recommend import recommend
+
+        rec = recommend(task, device=args.device, progress=False)
+        if rec.noise_scale.calibration is not None:
+            calibration = rec.noise_scale.calibration
+            document["calibration"] = {"value": calibration, "source": "recommend",
+                                       "decision_seconds": rec.decision_seconds}
+    best = None if args.own_grid else best_from_groundtruth(groundtruth)
+    if best is None:
+        best = best_from_grid(task, args.device, args.censor_factor, runs, save, progress)
+    document["best_fixed"] = best
+    save()
+    strategies = [(FIXED, best["batch_size"], best["lr"]),
+                  (ADAPTIVE_FROM_BEST, best["batch_size"], best["lr"]),
+                  (ADAPTIVE_FROM_BASE, task.base_batch_size, task.base_lr)]
+    bar = progress.add_task("fixed vs adaptive, interleaved", total=len(strategies) * args.seeds)
+    for index, seed in enumerate(document["seeds"]):
+        shift = index % len(strategies)
+        for strategy, batch_size, lr in strategies[shift:] + strategies[:shift]:
+            runs.append(run_one(task, strategy, batch_size, lr, seed, args.device, calibration))
+            save()
+            progress.advance(bar)
+
+
+def print_summary(document: dict[str, Any], console: Console) -> None:
+    best = document["best_fixed"]
+    table = Table(title=f"{document['task']}: time to target, median [min–max] over {len(document['seeds'])} "
+                        f"seeds (best fixed B={best['batch_size']}, lr={best['lr']:.4g})")
+    for column in ("strategy", "reached", "timed s", "measured s", "samples", "final B", "ratio (timed)"):
+        table.add_column(column)
+    for strategy, entry in document["summary"].items():
+        timed, measured = entry["seconds_timed"], entry["seconds_measured"]
+        ratio = entry.get("ratio_to_fixed", {}).get("seconds_timed")
+        table.add_row(
+            strategy, f"{entry['reached']}/{len(entry['seeds'])}",
+            f"{timed['median']:.2f} [{timed['min']:.2f}–{timed['max']:.2f}]",
+            f"{measured['median']:.2f} [{measured['min']:.2f}–{measured['max']:.2f}]",
+            f"{entry['samples_to_target']['median']:.0f}", f"{entry['final_batch_size']['median']:.0f}",
+            "-" if ratio is None else f"{ratio:.2f}",
+        )
+    console.print(table)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
