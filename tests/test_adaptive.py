@@ -58,6 +58,7 @@ def _drive(controller: AdaptiveBatch, steps: int) -> list[int]:
     state = TrainState(batch_size=controller.batch_size, lr=controller.current_lr)
     sizes = []
     for _ in range(steps):
+        controller.micro_batches(state, 1)
         state.step += 1
         state.samples += state.batch_size
         update = controller.on_step_end(state)
@@ -138,12 +139,14 @@ def test_rewarmup_ramps_the_lr_linearly_after_a_change() -> None:
     state = TrainState(batch_size=16, lr=0.1)
     lrs = []
     for step in range(1, 5):
+        controller.micro_batches(state, 1)
         state.step = step
         update = controller.on_step_end(state)
         lrs.append(update.lr if update is not None else None)
     target = controller.schedule[1].lr
     assert lrs == pytest.approx([0.1 + (target - 0.1) * k / 4 for k in range(1, 5)])
     assert len(controller.schedule) == 2  # no decision while ramping
+    controller.micro_batches(state, 1)
     state.step = 5
     update = controller.on_step_end(state)  # one step ran at the ramp's end: decide again
     assert len(controller.schedule) == 3
@@ -320,3 +323,27 @@ def test_recent_estimate_follows_the_latest_half_of_the_run() -> None:
     b_simple, (low, high) = estimate
     assert b_simple == pytest.approx(1000.0, rel=0.05)
     assert 900.0 < low <= b_simple <= high
+
+
+def test_monitor_starts_measuring_only_after_the_first_steps(tiny_task: Task) -> None:
+    from batchsage.adaptive import DEFAULT_MEASURE_AFTER_STEPS
+    from batchsage.noise import NoiseScaleMonitor
+
+    assert AdaptiveBatch(16, 0.1).measure_after_steps == DEFAULT_MEASURE_AFTER_STEPS > 0
+
+    class Parts(TrainingHook):
+        def __init__(self) -> None:
+            self.parts: list[int] = []
+
+        def on_micro_backward(self, model: nn.Module, index: int, parts: int, batch_size: int) -> None:
+            if index == 0:
+                self.parts.append(parts)
+
+    task = tiny_tasks.make_task(target=1.01, max_samples=16 * 30)
+    controller = AdaptiveBatch.for_task(task, 16, 0.05, monitor=NoiseScaleMonitor(every=1),
+                                        measure_after_steps=10)
+    parts = Parts()
+    controller.train(task, hooks=[parts])
+    assert parts.parts[:10] == [1] * 10  # plain steps: nothing measured, nothing paid
+    assert set(parts.parts[10:]) == {8}
+    assert controller.monitor.measurements == 20

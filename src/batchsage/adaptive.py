@@ -79,6 +79,11 @@ DEFAULT_GROWTH_FACTOR = 2.0
 DEFAULT_MEASUREMENTS_PER_DECISION = 4
 #: The monitor's overhead budget: decisions need measurements often enough to follow the growth.
 DEFAULT_MONITOR_OVERHEAD = 0.1
+#: Micro-batches of a measured step of the controller's monitor (the monitor's default, ≥ 8 keeps
+#: the per-step estimate stable, DESIGN.md pitfalls).
+DEFAULT_MONITOR_MICRO_BATCHES = 8
+#: See ``AdaptiveBatch(measure_after_steps=...)``.
+DEFAULT_MEASURE_AFTER_STEPS = math.ceil(2 * (DEFAULT_MONITOR_MICRO_BATCHES - 1) / DEFAULT_MONITOR_OVERHEAD)
 #: The estimate at step s averages the measurements since step RECENT_FRACTION · s. The noise scale
 #: grows roughly as a power of the step, so a window proportional to the step lags by a constant
 #: factor (2^β for growth ∝ s^β), where a window of a fixed count of measurements would lag more and
@@ -154,6 +159,12 @@ class AdaptiveBatch(TrainingHook):
         measurements_per_decision: new noise measurements between decisions.
         rewarmup_steps: ramp the lr linearly to its new value over this many steps after a change.
         tolerance: with ``step_seconds``, the predicted gain a change must exceed (fraction).
+        measure_after_steps: the monitor starts measuring after this many steps. Default with the
+            controller's own monitor: ``2·(m − 1)/budget`` for m micro-batches and its overhead
+            budget, so that its first measurements (each may cost m plain steps on a model whose
+            step is all fixed overhead) stay within the budget however short the run; 0 with a
+            monitor passed in. The start is the least useful time to measure: the starting batch
+            is taken as right for the start, and decisions use only the recent measurements.
     """
 
     def __init__(
@@ -173,6 +184,7 @@ class AdaptiveBatch(TrainingHook):
         measurements_per_decision: int = DEFAULT_MEASUREMENTS_PER_DECISION,
         rewarmup_steps: int = 0,
         tolerance: float = 0.03,
+        measure_after_steps: int | None = None,
     ) -> None:
         _check_positive_int("batch_size", batch_size)
         _check_positive_number("lr", lr)
@@ -189,8 +201,9 @@ class AdaptiveBatch(TrainingHook):
         if not isinstance(growth_factor, int | float) or not growth_factor >= 1.5:
             raise ConfigError(f"growth_factor must be a number ≥ 1.5, got {growth_factor!r}")
         _check_positive_int("measurements_per_decision", measurements_per_decision)
-        if isinstance(rewarmup_steps, bool) or not isinstance(rewarmup_steps, int) or rewarmup_steps < 0:
-            raise ConfigError(f"rewarmup_steps must be a non-negative integer, got {rewarmup_steps!r}")
+        if measure_after_steps is not None:
+            _check_non_negative_int("measure_after_steps", measure_after_steps)
+        _check_non_negative_int("rewarmup_steps", rewarmup_steps)
         if not isinstance(tolerance, int | float) or not 0.0 <= tolerance < 1.0:
             raise ConfigError(f"tolerance must be a fraction in [0, 1), got {tolerance!r}")
         if dataset_size is not None and batch_size > dataset_size:
@@ -203,6 +216,10 @@ class AdaptiveBatch(TrainingHook):
         self.dataset_size = dataset_size
         self.calibration = float(calibration) if calibration is not None else DEFAULT_CALIBRATION
         self.monitor = monitor if monitor is not None else _default_monitor()
+        if measure_after_steps is None:
+            measure_after_steps = 0 if monitor is not None else DEFAULT_MEASURE_AFTER_STEPS
+        self.measure_after_steps = measure_after_steps
+        self._monitoring = False
         self.step_seconds = step_seconds
         self.growth_factor = float(growth_factor)
         self.measurements_per_decision = measurements_per_decision
@@ -282,19 +299,25 @@ class AdaptiveBatch(TrainingHook):
     # ---- TrainingHook: forward to the monitor, decide after the step ------------------------
 
     def micro_batches(self, state: TrainState, accumulation_steps: int) -> int:
+        # The monitor sees only the steps from measure_after_steps on (its step count starts there).
+        self._monitoring = state.step >= self.measure_after_steps
+        if not self._monitoring:
+            return accumulation_steps
         return max(accumulation_steps, self.monitor.micro_batches(state, accumulation_steps))
 
     def on_micro_backward(self, model: nn.Module, index: int, parts: int, batch_size: int) -> None:
-        self.monitor.on_micro_backward(model, index, parts, batch_size)
+        if self._monitoring:
+            self.monitor.on_micro_backward(model, index, parts, batch_size)
 
     def on_gradients(self, model: nn.Module, state: TrainState, loss: float) -> None:
-        self.monitor.on_gradients(model, state, loss)
+        if self._monitoring:
+            self.monitor.on_gradients(model, state, loss)
 
     def on_eval(self, state: TrainState, metric: float) -> None:
         self.monitor.on_eval(state, metric)
 
     def on_step_end(self, state: TrainState) -> StepUpdate | None:
-        monitor_update = self.monitor.on_step_end(state)
+        monitor_update = self.monitor.on_step_end(state) if self._monitoring else None
         ramping = self._ramp is not None  # no decision until a step has run at the ramp's end
         update = self._advance_ramp(state.step)
         if not ramping and self.monitor.measurements >= self._next_decision:
@@ -312,7 +335,7 @@ class AdaptiveBatch(TrainingHook):
     # ---- the decision -----------------------------------------------------------------------
 
     def _decide(self, state: TrainState) -> StepUpdate | None:
-        estimate = recent_estimate(self.monitor, state.step)
+        estimate = recent_estimate(self.monitor, state.step - self.measure_after_steps)
         if estimate is None:
             return None
         b_simple, ci95 = estimate
@@ -570,12 +593,17 @@ def interpolate_step_seconds(batch_sizes: Sequence[int], seconds: Sequence[float
 def _default_monitor() -> Any:
     from batchsage.noise import NoiseScaleMonitor
 
-    return NoiseScaleMonitor(overhead_budget=DEFAULT_MONITOR_OVERHEAD)
+    return NoiseScaleMonitor(DEFAULT_MONITOR_MICRO_BATCHES, overhead_budget=DEFAULT_MONITOR_OVERHEAD)
 
 
 def _check_positive_int(name: str, value: object) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+
+
+def _check_non_negative_int(name: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigError(f"{name} must be a non-negative integer, got {value!r}")
 
 
 def _check_positive_number(name: str, value: object) -> None:
