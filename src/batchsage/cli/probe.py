@@ -49,18 +49,19 @@ def _print_result(result: object) -> None:
     assert isinstance(result, ProbeResult)
     memory = result.memory
     table = Table(title=f"memory on {result.device}: budget {format_bytes(memory.budget_bytes)}")
-    for column in ("B", "role", "peak", "outcome", "seconds"):
+    for column in ("B", "role", "peak", "outcome", "steps", "seconds"):
         table.add_column(column, justify="right" if column != "outcome" else "left")
     for probe in memory.probes:
         peak = format_bytes(probe.peak_bytes) if probe.peak_bytes is not None else "-"
         colour = "green" if probe.fits else "red"
         table.add_row(str(probe.batch_size), probe.role, peak, f"[{colour}]{probe.outcome}[/]",
-                      f"{probe.seconds:.2f}")
+                      str(probe.steps), f"{probe.seconds:.2f}")
     console.print(table)
+    checked = "measured" if memory.verified else "predicted, not run"
     console.print(
         f"mem(B) ≈ {format_bytes(memory.fixed_bytes)} + {format_bytes(memory.per_sample_bytes)}·B  "
-        f"→ ceiling [bold]B={memory.max_batch_size}[/] (limited by {memory.limited_by}; "
-        f"{memory.steps_used} real steps, {memory.seconds:.1f} s)",
+        f"→ ceiling [bold]B={memory.max_batch_size}[/] (limited by {memory.limited_by}, {checked}; "
+        f"{memory.measurements} batch sizes, {memory.steps_used} real steps, {memory.seconds:.1f} s)",
         highlight=False,
     )
     for note in memory.notes:

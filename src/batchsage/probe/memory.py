@@ -72,6 +72,9 @@ from batchsage.units import format_bytes
 FIRST_BATCH_SIZE = 8
 #: The second probe is this many times the first: far enough apart for a measurable slope.
 GROWTH = 16
+#: A prediction more than this many times the largest measured batch is first checked by a probe
+#: at the geometric midpoint.
+MAX_EXTRAPOLATION = 8
 #: Predictions aim this fraction of the predicted crossing, so the verifying step usually fits.
 AIM = 0.98
 #: The default budget keeps this fraction of the available memory free (allocator fragmentation,
@@ -571,6 +574,13 @@ def search_ceiling(
             if tighter is not None:
                 run(tighter, "probe")
                 continue
+        if (crossing is not None and high is None and math.isfinite(crossing)
+                and crossing > low.batch_size * MAX_EXTRAPOLATION):
+            # Far from every measured point: memory per sample at small B is often not what it is
+            # near the ceiling. A probe at the geometric midpoint costs a fraction of a step at
+            # the ceiling and makes the verifying prediction a short extrapolation.
+            run(round(math.sqrt(low.batch_size * min(crossing, cap))), "probe")
+            continue
         next_size, role = _next_batch_size(low, high, crossing, cap)
         run(next_size, role)
     low, _high = _bracket(probes)
