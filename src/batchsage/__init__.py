@@ -3,6 +3,7 @@
 from batchsage.adaptive import AdaptiveBatch
 from batchsage.errors import BatchsageError, ConfigError
 from batchsage.noise import NoiseEstimate, NoiseReport, NoiseScaleMonitor, exact_noise_scale, measure_noise
+from batchsage.probe import MemoryProfile, ProbeResult, ThroughputCurve, probe_memory, probe_throughput
 from batchsage.task import Task, TaskError, load_task
 from batchsage.training import StepUpdate, TrainingHook, TrainResult, TrainState, train
 
@@ -10,18 +11,23 @@ __all__ = [
     "AdaptiveBatch",
     "BatchsageError",
     "ConfigError",
+    "MemoryProfile",
     "NoiseEstimate",
     "NoiseReport",
     "NoiseScaleMonitor",
+    "ProbeResult",
     "StepUpdate",
     "Task",
     "TaskError",
+    "ThroughputCurve",
     "TrainResult",
     "TrainState",
     "TrainingHook",
     "exact_noise_scale",
     "load_task",
     "measure_noise",
+    "probe_memory",
+    "probe_throughput",
     "train",
 ]
 __version__ = "0.1.0"
