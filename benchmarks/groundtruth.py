@@ -433,15 +433,24 @@ def _max_steps(bound_seconds: float, step_seconds: float) -> int | None:
 
 
 def recheck_censored(task: Task, grid: list[Trial], step_seconds: dict[int, float], best_seconds: float,
-                     settings: Settings, state: State, console: Console) -> list[Trial]:
-    """Re-run every grid trial the sweep cut on its (noisy) clock although its steps so far, at the
-    interleaved t(B), are still within ``censor_factor`` × the best time: such a trial might yet
-    have been the best. The re-run is cut by steps × t(B) instead, the scores' own units."""
+                     settings: Settings, state: State, console: Console,
+                     strategy_keys: set[tuple[int, float, int, int]] = frozenset()) -> list[Trial]:
+    """Re-run the grid trials the sweep cut on its clock that the scores still need.
+
+    The sweep cuts on a trial's own training seconds, which include every load spike; the scores
+    count steps × t(B). A cut trial is re-run, cut by steps × t(B) at ``censor_factor`` × best, when
+
+    - its configuration might still be the best: the median over seeds of (reached: time; cut:
+      the steps it ran × t(B)) is below the best time; or
+    - a strategy chose its configuration and its steps × t(B) are under ``censor_factor`` × best
+      (so that strategy's regret is a number, not a bound the clock drew).
+    """
     bound = settings.censor_factor * best_seconds
+    needed = _configs_that_could_win(grid, step_seconds, best_seconds) | set(strategy_keys)
     saved = {(t.key, t.seed): t for t in state.rechecks()}
     checked = []
     for trial in grid:
-        if not (trial.censored and trial.steps_run is not None
+        if not (trial.censored and trial.steps_run is not None and trial.key in needed
                 and regret_lib.censored_bound(trial, step_seconds) < bound):
             checked.append(trial)
             continue
@@ -456,6 +465,23 @@ def recheck_censored(task: Task, grid: list[Trial], step_seconds: dict[int, floa
             saved[(run.key, run.seed)] = run
         checked.append(saved[(trial.key, trial.seed)])
     return checked
+
+
+def _configs_that_could_win(grid: list[Trial], step_seconds: dict[int, float],
+                            best_seconds: float) -> set[tuple[int, float, int, int]]:
+    """Configurations with a cut trial whose optimistic median time is still below the best."""
+    by_config: dict[tuple[int, float, int, int], list[float]] = {}
+    censored = set()
+    for trial in grid:
+        if trial.reached_target:
+            value = regret_lib.time_to_target(trial, step_seconds)
+        elif trial.censored and trial.steps_run is not None:
+            value = regret_lib.censored_bound(trial, step_seconds)
+            censored.add(trial.key)
+        else:
+            value = math.inf
+        by_config.setdefault(trial.key, []).append(value)
+    return {key for key in censored if regret_lib.median_time(by_config[key]) < best_seconds}
 
 
 def strategy_trials(choice: Choice, grid: list[Trial], state: State, seeds: list[int], task: Task,
@@ -695,7 +721,10 @@ def _run_groundtruth(task_spec: str | Task, out: Path, settings: Settings,
     timed = sorted({t.batch_size for t in grid} | micro_sizes)
     step_seconds = measure_step_times(task, timed, settings, state, console)
     best = _best_or_fail(task, grid, step_seconds)
-    grid = recheck_censored(task, grid, step_seconds, best.seconds_to_target, settings, state, console)
+    chosen = {regret_lib.config_key(c.batch_size, c.lr, c.accumulation_steps, c.warmup_steps)
+              for c in choices.values()}
+    grid = recheck_censored(task, grid, step_seconds, best.seconds_to_target, settings, state, console,
+                            chosen)
     summaries = regret_lib.summarise_configs(grid, step_seconds)
     best = _best_or_fail(task, grid, step_seconds)
     results = {}

@@ -270,3 +270,11 @@ def test_a_trial_cut_by_the_clock_but_not_by_its_steps_is_rerun(tiny_task, tmp_p
     again = groundtruth.recheck_censored(tiny_task, [early], {16: 0.01}, 1.0, settings, state,
                                          Console(quiet=True))
     assert len(state.rechecks()) == 1 and again[0].steps_to_target == checked[0].steps_to_target
+    # 150 steps × 0.01 s = 1.5 s: cannot beat the best (1 s), so only re-run if a strategy chose it.
+    slow = trial(16, 0.2, 0, None, 0.01, censored=True, steps_run=150)
+    kept = groundtruth.recheck_censored(tiny_task, [slow], {16: 0.01}, 1.0, settings, state,
+                                        Console(quiet=True))
+    assert kept[0] is slow
+    chosen = groundtruth.recheck_censored(tiny_task, [slow], {16: 0.01}, 1.0, settings, state,
+                                          Console(quiet=True), {slow.key})
+    assert chosen[0].source == "recheck"
