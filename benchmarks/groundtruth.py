@@ -17,11 +17,11 @@ Protocol (DESIGN.md "Measuring whether a recommendation is right"; docs/groundtr
    seed) is cut and recorded as censored.
 3. Strategy choices that are not plain grid points (batchsage's warmup or accumulation) are trained
    for every seed with the same loop (after step 4's timing, cut at the censor bound in steps).
-4. t(B) for every batch size used, timed interleaved (every round visits every B in a new random
-   order; median over rounds). Time to target = steps to target × t(B); a grid trial the sweep cut
-   on its clock while its steps × t(B) were still within the censor bound is re-run, cut by steps.
-   Best = the configuration with the smallest median over seeds; regret and decision cost per
-   strategy.
+4. t(B) for every batch size used: interleaved timing rounds (every round visits every B in a new
+   random order) pooled with the grid trials' own median step times (the median of both). Time to
+   target = steps to target × t(B); a grid trial the sweep cut on its clock that could still be
+   the best (or that a strategy chose) is re-run, cut by steps × t(B). Best = the configuration
+   with the smallest median over seeds; regret and decision cost per strategy.
 
 Resumable: the sweeps live in an Optuna SQLite storage (``~/.cache/batchsage/groundtruth/<task>.db``,
 outside the repository) and every decision and strategy run is saved in the output JSON as soon as it is made,
@@ -512,20 +512,35 @@ def strategy_trials(choice: Choice, grid: list[Trial], state: State, seeds: list
 
 
 def measure_step_times(task: Task, batch_sizes: list[int], settings: Settings, state: State,
-                       console: Console) -> dict[int, float]:
-    """t(B) for every batch size any trial uses, interleaved (saved; measured once per result)."""
+                       console: Console) -> strategies.StepTiming:
+    """Interleaved timing rounds for every batch size any trial uses (saved; measured once)."""
     saved = state.document.get("timing")
     if saved is not None:
         timing = strategies.StepTiming.from_dict(saved)
         if set(batch_sizes) <= set(timing.step_seconds):
-            return timing.step_seconds
+            return timing
     with console.status(f"timing steps at {len(batch_sizes)} batch sizes, {settings.timing_rounds} "
                         "interleaved rounds"):
         timing = strategies.time_batch_sizes(task, batch_sizes, rounds=settings.timing_rounds,
                                              device=settings.device, seed=settings.shuffle_seed)
     state.document["timing"] = timing.to_dict()
     state.save()
-    return timing.step_seconds
+    return timing
+
+
+def combined_step_seconds(timing: strategies.StepTiming, grid: list[Trial]) -> dict[int, float]:
+    """t(B) = the median over the timing rounds *and* the grid trials' own median step times.
+
+    Both are fair to every B (the rounds are interleaved, the grid shuffled) and each alone is a
+    handful of samples of a heavy-tailed load: pooled, a burst that hit one round or a few trials
+    at one B no longer decides which B wins a flat optimum.
+    """
+    samples: dict[int, list[float]] = {b: [r[b] for r in timing.rounds if b in r]
+                                       for b in timing.step_seconds}
+    for trial in grid:
+        if trial.accumulation_steps == 1 and math.isfinite(trial.trial_step_seconds):
+            samples.setdefault(trial.batch_size, []).append(trial.trial_step_seconds)
+    return {b: statistics.median(values) for b, values in samples.items() if values}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -719,7 +734,8 @@ def _run_groundtruth(task_spec: str | Task, out: Path, settings: Settings,
 
     micro_sizes = {c.batch_size // c.accumulation_steps for c in choices.values()}
     timed = sorted({t.batch_size for t in grid} | micro_sizes)
-    step_seconds = measure_step_times(task, timed, settings, state, console)
+    timing = measure_step_times(task, timed, settings, state, console)
+    step_seconds = combined_step_seconds(timing, grid)
     best = _best_or_fail(task, grid, step_seconds)
     chosen = {regret_lib.config_key(c.batch_size, c.lr, c.accumulation_steps, c.warmup_steps)
               for c in choices.values()}
@@ -783,9 +799,10 @@ def _protocol(task: Task, settings: Settings, seeds: list[int], ceiling: int,
         "memory_budget_bytes": settings.memory_budget_bytes,
         "configurations": configs,
         "censor_factor": settings.censor_factor,
-        "time_to_target": "steps_to_target × t(B), t(B) timed for every B interleaved in the same "
-                          "run (median over rounds); measured_seconds_to_target keeps each trial's "
-                          "own clock, grid_step_seconds_by_batch the grid trials' pooled medians",
+        "time_to_target": "steps_to_target × t(B); t(B) = median over interleaved timing rounds and "
+                          "the grid trials' median step times at B; measured_seconds_to_target "
+                          "keeps each trial's own clock, grid_step_seconds_by_batch the grid "
+                          "trials' pooled medians, timing the rounds",
         "torch_threads": settings.threads,
         "timing_rounds": settings.timing_rounds,
     }
