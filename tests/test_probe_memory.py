@@ -302,7 +302,8 @@ def test_search_survives_out_of_memory_without_a_measured_peak() -> None:
 
 def test_search_verifies_the_cap_when_the_margin_is_thin() -> None:
     search = search_ceiling(synthetic(lambda b: 300 * MiB, 400 * MiB), 400 * MiB, 1437)
-    assert [p.batch_size for p in search.probes] == [8, 128, 1437]
+    # 1437 is over 8× the largest probe: a midpoint first, then the cap itself.
+    assert [p.batch_size for p in search.probes] == [8, 128, 429, 1437]
     assert search.probes[-1].fits and search.verified and search.ceiling == 1437
 
 
@@ -418,3 +419,12 @@ def test_cli_probe_bad_budgets_are_one_line_errors(tiny_task_spec: str, budget: 
     assert result.exit_code == 2
     assert message in result.output
     assert "Traceback" not in result.output
+
+
+def test_search_goes_straight_to_a_nearby_cap_when_memory_barely_grows() -> None:
+    # A slope of a few bytes per sample puts the crossing far beyond the cap: verify the cap at
+    # once rather than creeping towards it with midpoints.
+    search = search_ceiling(synthetic(lambda b: 300 * MiB + 16 * b, 400 * MiB), 400 * MiB, 512,
+                            cap_margin=0.0)
+    assert [p.batch_size for p in search.probes] == [8, 128, 512]
+    assert search.verified and search.ceiling == 512

@@ -99,7 +99,7 @@ PLATEAU_FRACTION = 0.01
 #: A measuring child that has not answered after this long is killed and the probe fails.
 CHILD_TIMEOUT_SECONDS = 900.0
 
-Outcome = Literal["fits", "over budget", "out of memory", "killed"]
+Outcome = Literal["fits", "over budget", "out of memory", "killed", "error"]
 Role = Literal["probe", "verify"]
 
 
@@ -120,7 +120,8 @@ class MemoryProbe:
         peak_bytes: peak memory of the step (see the module docstring for what is counted);
             None when the step ran out of memory before it finished.
         fits: the step finished and its peak is within the budget.
-        outcome: "fits", "over budget" (finished above the budget), "out of memory" or "killed".
+        outcome: "fits", "over budget" (finished above the budget), "out of memory", "killed",
+            or "error" (another exception, after smaller batches ran: counted as not fitting).
         role: "probe" (to fit the line) or "verify" (a predicted ceiling checked by a real step).
         baseline_bytes: memory held before the step (process resident size on CPU, allocated
             bytes elsewhere).
@@ -408,7 +409,12 @@ def _probe_from_report(report: dict[str, Any], status: int, batch_size: int, bud
         return MemoryProbe(batch_size, None, False, "out of memory", baseline_bytes=baseline,
                            seconds=seconds, detail=str(report.get("error", "")))
     if outcome == "error":
-        raise ProbeError(f"a training step at batch size {batch_size} failed: {report.get('error')}")
+        # Not recognisably out of memory. Some libraries report a failed allocation under the
+        # child's limit in their own words (oneDNN: "could not create a primitive"), so the search
+        # decides: an error after smaller batches ran counts as not fitting, one on the first
+        # probe is the task's own failure.
+        return MemoryProbe(batch_size, None, False, "error", baseline_bytes=baseline, seconds=seconds,
+                           detail=str(report.get("error", "")))
     # No report: the child died, most likely killed by the kernel for want of memory.
     how = f"signal {os.WTERMSIG(status)}" if os.WIFSIGNALED(status) else f"exit {os.WEXITSTATUS(status)}"
     if os.WIFSIGNALED(status) and os.WTERMSIG(status) in (signal.SIGKILL, signal.SIGABRT):
@@ -525,7 +531,7 @@ def search_ceiling(
     cap: int,
     *,
     tolerance: float = 0.05,
-    max_measurements: int = 6,
+    max_measurements: int = 8,
     cap_margin: float = 0.8,
     first_batch_size: int = FIRST_BATCH_SIZE,
     on_probe: Callable[[MemoryProbe], None] | None = None,
@@ -550,6 +556,8 @@ def search_ceiling(
     def run(batch_size: int, role: Role) -> MemoryProbe:
         probe = measure(batch_size)
         probe.role = role
+        if probe.outcome == "error" and not any(p.fits for p in probes):
+            raise ProbeError(f"a training step at batch size {batch_size} failed: {probe.detail}")
         probes.append(probe)
         if on_probe is not None:
             on_probe(probe)
@@ -574,8 +582,8 @@ def search_ceiling(
             if tighter is not None:
                 run(tighter, "probe")
                 continue
-        if (crossing is not None and high is None and math.isfinite(crossing)
-                and crossing > low.batch_size * MAX_EXTRAPOLATION):
+        if (crossing is not None and high is None
+                and min(crossing, cap) > low.batch_size * MAX_EXTRAPOLATION):
             # Far from every measured point: memory per sample at small B is often not what it is
             # near the ceiling. A probe at the geometric midpoint costs a fraction of a step at
             # the ceiling and makes the verifying prediction a short extrapolation.
@@ -722,7 +730,7 @@ def probe_memory(
     max_batch_size_limit: int | None = None,
     *,
     tolerance: float = 0.05,
-    max_measurements: int = 6,
+    max_measurements: int = 8,
     cap_margin: float = 0.8,
     on_probe: Callable[[MemoryProbe], None] | None = None,
     meter: StepMemoryMeter | None = None,
@@ -825,4 +833,7 @@ def _notes(search: CeilingSearch, budget: int, cap: int, limited_by: str, tolera
             )
     if any(p.outcome in ("out of memory", "killed") for p in probes):
         notes.append("a probe ran out of memory in its child process; it counts as not fitting")
+    for probe in probes:
+        if probe.outcome == "error":
+            notes.append(f"B={probe.batch_size} failed ({probe.detail}); it counts as not fitting")
     return notes
