@@ -450,6 +450,9 @@ def recheck_censored(task: Task, grid: list[Trial], step_seconds: dict[int, floa
     saved = {(t.key, t.seed): t for t in state.rechecks()}
     checked = []
     for trial in grid:
+        if trial.censored and (trial.key, trial.seed) in saved:  # re-run earlier: always use it
+            checked.append(saved[(trial.key, trial.seed)])
+            continue
         if not (trial.censored and trial.steps_run is not None and trial.key in needed
                 and regret_lib.censored_bound(trial, step_seconds) < bound):
             checked.append(trial)
