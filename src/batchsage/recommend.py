@@ -244,7 +244,7 @@ def recommend(
     measured_sizes = [b for b in grid if b <= ceiling]
     with phases.phase("throughput", f"timing steps at {len(measured_sizes)} batch sizes"):
         throughput = probe_throughput(
-            loaded, device=dev, max_batch_size=ceiling, time_budget_seconds=0.25 * budget_seconds,
+            loaded, device=dev, max_batch_size=ceiling, time_budget_seconds=0.15 * budget_seconds,
             batch_sizes=measured_sizes,
         )
     step_seconds = plan.step_time_model(
