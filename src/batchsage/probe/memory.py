@@ -72,6 +72,9 @@ from batchsage.units import format_bytes
 FIRST_BATCH_SIZE = 8
 #: The second probe is this many times the first: far enough apart for a measurable slope.
 GROWTH = 16
+#: Exponents allowed for the curved extrapolation ``mem(B) = a + c·B^p`` (see _power_law_crossing).
+POWER_MIN = 0.5
+POWER_MAX = 1.5
 #: A prediction more than this many times the largest measured batch is first checked by a probe
 #: at the geometric midpoint.
 MAX_EXTRAPOLATION = 8
@@ -664,11 +667,51 @@ def estimate_crossing(probes: list[MemoryProbe], budget_bytes: int) -> float | N
         return None
     slope = (low.peak_bytes - previous.peak_bytes) / (low.batch_size - previous.batch_size)
     crossing = math.inf if slope <= 0 else low.batch_size + (budget_bytes - low.peak_bytes) / slope
+    curved = _power_law_crossing(probes, low, previous, budget_bytes)
+    if curved is not None:
+        crossing = curved
     if high is not None and crossing >= high.batch_size:
         # A step the line says fits ran out of memory: the line is wrong up there. No estimate;
         # the search bisects (in log space) between the two.
         return None
     return crossing
+
+
+def _power_law_crossing(probes: list[MemoryProbe], low: MemoryProbe, middle: MemoryProbe,
+                        budget_bytes: int) -> float | None:
+    """Crossing of ``mem(B) = a + c·B^p`` through three measured points, or None.
+
+    Memory per sample often keeps falling as B grows over a wide range (allocator regimes,
+    kernels chosen per shape), so a straight line through points far below the ceiling
+    undershoots it, and each correction gains only part of the distance. With three points
+    whose peaks each differ by more than twice the measurement noise, the exponent p is solved
+    from the ratio of the two increments (clamped to [``POWER_MIN``, ``POWER_MAX``]; p = 1 is
+    the straight line) and the curve extrapolated.
+    """
+    first = _base_point(probes, middle)
+    if first is None or first is middle:
+        return None
+    points = [(p.batch_size, p.peak_bytes) for p in (first, middle, low)]
+    if any(peak is None for _, peak in points):
+        return None
+    (b0, m0), (b1, m1), (b2, m2) = points  # type: ignore[misc]
+    if min(m1 - m0, m2 - m1) < 2 * SLOPE_NOISE_BYTES or not b0 < b1 < b2:
+        return None
+    ratio = (m2 - m1) / (m1 - m0)
+
+    def increments_ratio(power: float) -> float:
+        return (b2**power - b1**power) / (b1**power - b0**power)
+
+    low_power, high_power = POWER_MIN, POWER_MAX  # increments_ratio grows with the power
+    for _ in range(60):
+        power = (low_power + high_power) / 2
+        if increments_ratio(power) < ratio:
+            low_power = power
+        else:
+            high_power = power
+    power = (low_power + high_power) / 2
+    scale = (m2 - m1) / (b2**power - b1**power)
+    return (b2**power + (budget_bytes - m2) / scale) ** (1 / power)
 
 
 def _base_point(probes: list[MemoryProbe], low: MemoryProbe) -> MemoryProbe | None:
