@@ -5,11 +5,15 @@ Peak memory of one training step grows about linearly in the batch size B (DESIG
 near the budget and returns the largest B whose measured step fits, found like this:
 
 1. probe a small batch (``FIRST_BATCH_SIZE``), then one ``GROWTH`` times larger;
-2. the secant through the two largest measured points predicts where the line crosses the budget;
-   one real step there *verifies* the prediction;
-3. if the verified step fits and the line through it predicts no more than ``tolerance`` (5 %)
-   beyond it, that is the ceiling; otherwise the prediction is corrected with the new point
-   (regula falsi once the budget is bracketed) and verified again.
+2. the secant from the largest measured point back to one far enough below it (beyond the
+   measurement noise) predicts where the line crosses the budget; with three such points, a
+   curve ``a + c·B^p`` through them does (memory per sample often falls as B grows). A prediction
+   more than ``MAX_EXTRAPOLATION`` times the largest measured batch is first checked by a probe at
+   the geometric midpoint;
+3. one real step at ``AIM`` of the prediction *verifies* it. If it fits and the curve through it
+   predicts no more than ``tolerance`` (5 %) beyond it, that is the ceiling; otherwise the
+   prediction is corrected with the new point (regula falsi once the budget is bracketed by a
+   fitting and an over-budget step) and verified again, up to ``max_measurements`` in all.
 
 The batch size never exceeds the training set. When the line says the whole data set fits, a
 step over all of it could cost more than everything else, so it is skipped when even an upper
