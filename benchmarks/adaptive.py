@@ -268,7 +268,7 @@ def best_from_groundtruth(path: Path | None) -> dict[str, Any] | None:
             "source": str(path), "seconds_to_target": best.get("seconds_to_target")}
 
 
-def grid_configs(task: Task) -> list[tuple[int, float]]:
+def grid_configs(task: Task, batch_sizes: list[int] | None = None) -> list[tuple[int, float]]:
     """Powers of two from base/4 to base × 32 × scaled lr × {½, 1, 2}, near base × 4 first.
 
     The order only makes the censoring cut earlier (a good time is known sooner); a cut run is at
@@ -277,7 +277,7 @@ def grid_configs(task: Task) -> list[tuple[int, float]]:
     scaling = task.resolved_lr_scaling()
     low = max(1, task.base_batch_size // 4)
     high = min(task.base_batch_size << GRID_DOUBLINGS, task.num_train_samples)
-    sizes = [b for b in power_of_two_grid(low, high) if b <= task.num_train_samples]
+    sizes = batch_sizes or [b for b in power_of_two_grid(low, high) if b <= task.num_train_samples]
     middle = math.log2(task.base_batch_size * 4)
     sizes.sort(key=lambda b: abs(math.log2(b) - middle))
     return [(b, m * scaled_lr(b, task.base_batch_size, task.base_lr, scaling))
@@ -285,9 +285,10 @@ def grid_configs(task: Task) -> list[tuple[int, float]]:
 
 
 def best_from_grid(task: Task, device: str, censor_factor: float, runs: list[Run],
-                   save: Callable[[], None], progress: Progress) -> dict[str, Any]:
+                   save: Callable[[], None], progress: Progress,
+                   batch_sizes: list[int] | None = None) -> dict[str, Any]:
     """Run the small grid (seed 0) and pick the (B, lr) with the least timed time to target."""
-    configs = grid_configs(task)
+    configs = grid_configs(task, batch_sizes)
     bar = progress.add_task("small fixed grid (seed 0)", total=len(configs))
     grid: list[Run] = []
     best_measured = math.inf
@@ -318,7 +319,9 @@ def best_from_grid(task: Task, device: str, censor_factor: float, runs: list[Run
 
 
 def plot(document: dict[str, Any], runs: list[Run], table: dict[StepKind, float], path: Path) -> None:
-    """Left: batch size and calibrated noise scale over steps. Right: metric against timed seconds."""
+    """Left: batch size over steps (every seed thin, the median run bold) with the calibrated noise
+    scale and its 95 % interval read at each decision of the median run. Right: the validation
+    metric against timed seconds for every run."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -326,31 +329,30 @@ def plot(document: dict[str, Any], runs: list[Run], table: dict[StepKind, float]
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
     colors = {FIXED: "tab:gray", ADAPTIVE_FROM_BEST: "tab:blue", ADAPTIVE_FROM_BASE: "tab:orange"}
+    sizes = [entry["batch_size"] for run in runs for entry in run.schedule]
+    top = max([*sizes, document["best_fixed"]["batch_size"]])
     for strategy in (ADAPTIVE_FROM_BEST, ADAPTIVE_FROM_BASE):
         group = [r for r in runs if r.strategy == strategy]
         if not group:
             continue
-        run = _median_run(group, table)
-        steps = [e["step"] for e in run.schedule] + [run.result["steps"]]
-        sizes = [e["batch_size"] for e in run.schedule]
-        left.step(steps, [*sizes, sizes[-1]], where="post", color=colors[strategy],
-                  label=f"B, {strategy} (seed {run.seed})")
-        readings = run.readings
-        if readings:
-            left.plot([r["step"] for r in readings], [r["b_noise"] for r in readings], ".", ms=3,
-                      color=colors[strategy], alpha=0.6, label="calibrated B_noise")
-            left.fill_between([r["step"] for r in readings], [max(r["b_noise_low"], 1e-9) for r in readings],
-                              [r["b_noise_high"] for r in readings], color=colors[strategy], alpha=0.12)
+        median = _median_run(group, table)
+        for run in group:
+            steps = [e["step"] for e in run.schedule] + [run.result["steps"]]
+            sizes = [e["batch_size"] for e in run.schedule]
+            bold = run is median
+            left.step(steps, [*sizes, sizes[-1]], where="post", color=colors[strategy],
+                      lw=2.0 if bold else 0.7, alpha=1.0 if bold else 0.35,
+                      label=f"B, {strategy} (median run: seed {run.seed})" if bold else None)
+        _plot_readings(left, median.readings, colors[strategy], 8 * top)
     best = document["best_fixed"]
     left.axhline(best["batch_size"], color=colors[FIXED], ls="--", label=f"best fixed B={best['batch_size']}")
     left.set_yscale("log", base=2)
+    left.set_ylim(top=8 * top)
     left.set_xlabel("optimiser step")
     left.set_ylabel("batch size (samples)")
     left.set_title(f"{document['task']}: adaptive schedule")
     left.legend(fontsize=7, loc="upper left", bbox_to_anchor=(0, -0.15), ncol=2)
     for run in runs:
-        if run.strategy == "grid":
-            continue
         cumulative = _timed_cumulative(run, table)
         xs = [cumulative[min(p["step"], len(cumulative)) - 1] if p["step"] else 0.0 for p in run.history]
         right.plot(xs, [p["metric"] for p in run.history], color=colors[run.strategy], alpha=0.5, lw=1,
@@ -364,6 +366,18 @@ def plot(document: dict[str, Any], runs: list[Run], table: dict[StepKind, float]
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
+
+
+def _plot_readings(axis: Any, readings: list[dict[str, Any]], color: str, ceiling: float) -> None:
+    """Calibrated B_noise (dot) and its 95 % interval (bar); unbounded values drawn at ``ceiling``."""
+    if not readings:
+        return
+    steps = [r["step"] for r in readings]
+    low = [min(r["b_noise_low"], ceiling) for r in readings]
+    high = [min(r["b_noise_high"], ceiling) for r in readings]
+    point = [min(r["b_noise"], ceiling) for r in readings]
+    axis.vlines(steps, low, high, color=color, alpha=0.35, lw=1.5)
+    axis.plot(steps, point, "o", ms=3, color=color, alpha=0.8, label="calibrated B_noise, 95 % interval")
 
 
 def _median_run(group: list[Run], table: dict[StepKind, float]) -> Run:
@@ -384,6 +398,29 @@ def _timed_cumulative(run: Run, table: dict[StepKind, float]) -> list[float]:
 # ------------------------------------------------------------------------------------------------
 
 
+def runs_from_document(document: dict[str, Any]) -> list[Run]:
+    """The compared runs of a results file (step kinds expanded, seconds unknown; null = unbounded)."""
+    runs = []
+    for data in document["runs"]:
+        if data["strategy"] == "grid":
+            continue
+        steps = [(b, p, math.nan) for b, p, count in data["step_kinds"] for _ in range(count)]
+        readings = [{key: math.inf if value is None and key.startswith("b_") else value
+                     for key, value in reading.items()} for reading in data["readings"]]
+        runs.append(Run(data["strategy"], data["seed"], data["start_batch_size"], data["start_lr"],
+                        data["result"], steps, data["history"], data["schedule"], readings,
+                        data["monitor_overhead"]))
+    return runs
+
+
+def replot(results: Path, path: Path | None) -> None:
+    """Draw the plot again from a complete results file."""
+    document = json.loads(results.read_text())
+    table = {(row["batch_size"], row["micro_batches"]): row[f"{document['primary_clock']}_seconds"]
+             for row in document["step_seconds"]}
+    plot(document, runs_from_document(document), table, path or results.with_suffix(".png"))
+
+
 def machine_info(device: str) -> dict[str, Any]:
     return {"platform": platform.platform(), "cpu_count": os.cpu_count(), "torch": torch.__version__,
             "torch_threads": torch.get_num_threads(), "python": platform.python_version(), "device": device}
@@ -391,12 +428,18 @@ def machine_info(device: str) -> dict[str, Any]:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--task", required=True, help="built-in task name or path/to/file.py:ATTR")
+    parser.add_argument("--task", help="built-in task name or path/to/file.py:ATTR")
+    parser.add_argument("--replot", type=Path, default=None, help="only redraw the plot of this results file")
     parser.add_argument("--seeds", type=int, default=3, help="seeds per strategy (≥ 3)")
     parser.add_argument("--groundtruth", type=Path, default=None,
                         help="ground-truth results (default: benchmarks/results/<task>.json if present)")
+    parser.add_argument("--starts", default="best,base",
+                        help="adaptive runs to compare: 'best' (start at the best fixed B, lr), "
+                             "'base' (start at the task's base B, lr), or both, comma-separated")
     parser.add_argument("--own-grid", action="store_true",
                         help="run the small grid here even when a ground-truth results file exists")
+    parser.add_argument("--grid-batch-sizes", default=None,
+                        help="batch sizes of the small grid, comma-separated (default: base/4 … base×32)")
     parser.add_argument("--calibration", type=float, default=None,
                         help=f"B_noise = calibration × B_simple (default {DEFAULT_CALIBRATION})")
     parser.add_argument("--recommend", action="store_true",
@@ -411,11 +454,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.seeds < 1:
         parser.error("--seeds must be positive")
+    if args.task is None and args.replot is None:
+        parser.error("--task is required")
+    if not args.starts or any(name not in ("best", "base") for name in args.starts.split(",")):
+        parser.error("--starts takes 'best', 'base' or 'best,base'")
     return args
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.replot is not None:
+        replot(args.replot, args.plot)
+        return 0
     torch.set_num_threads(args.threads)
     console = Console(stderr=True)
     try:
@@ -432,6 +482,8 @@ def main(argv: list[str] | None = None) -> int:
         "higher_is_better": task.higher_is_better, "seeds": [task.seed + i for i in range(args.seeds)],
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "machine": machine_info(args.device),
         "load_average_start": list(os.getloadavg()),
+        "arguments": {key: str(value) if isinstance(value, Path) else value
+                      for key, value in vars(args).items()},
     }
     runs: list[Run] = []
 
@@ -477,12 +529,14 @@ def _run_benchmark(task: Task, args: argparse.Namespace, groundtruth: Path, docu
                                        "decision_seconds": rec.decision_seconds}
     best = None if args.own_grid else best_from_groundtruth(groundtruth)
     if best is None:
-        best = best_from_grid(task, args.device, args.censor_factor, runs, save, progress)
+        sizes = [int(b) for b in args.grid_batch_sizes.split(",")] if args.grid_batch_sizes else None
+        best = best_from_grid(task, args.device, args.censor_factor, runs, save, progress, sizes)
     document["best_fixed"] = best
     save()
-    strategies = [(FIXED, best["batch_size"], best["lr"]),
-                  (ADAPTIVE_FROM_BEST, best["batch_size"], best["lr"]),
-                  (ADAPTIVE_FROM_BASE, task.base_batch_size, task.base_lr)]
+    starts = {"best": (ADAPTIVE_FROM_BEST, best["batch_size"], best["lr"]),
+              "base": (ADAPTIVE_FROM_BASE, task.base_batch_size, task.base_lr)}
+    strategies = [(FIXED, best["batch_size"], best["lr"])]
+    strategies += [starts[name] for name in args.starts.split(",")]
     bar = progress.add_task("fixed vs adaptive, interleaved", total=len(strategies) * args.seeds)
     for index, seed in enumerate(document["seeds"]):
         shift = index % len(strategies)
