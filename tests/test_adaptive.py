@@ -202,9 +202,10 @@ def test_real_monitor_measures_and_decides(tiny_task: Task) -> None:
     assert sizes == sorted(sizes)
 
 
-def test_cli_train_adaptive_writes_the_schedule(tmp_path: Path) -> None:
+def test_cli_train_adaptive_writes_the_schedule(tmp_path: Path, tiny_task_spec: str) -> None:
+    # The tiny task, not linreg: built-in tasks may be recalibrated to longer runs.
     out = tmp_path / "run.json"
-    result = CliRunner().invoke(app, ["train", "--task", "linreg", "--adaptive", "--batch-size", "16",
+    result = CliRunner().invoke(app, ["train", "--task", tiny_task_spec, "--adaptive", "--batch-size", "16",
                                       "--lr", "0.025", "--max-batch-size", "64", "--json", str(out)])
     assert result.exit_code == 0, result.output
     assert "adaptive batch" in result.output
@@ -347,3 +348,21 @@ def test_monitor_starts_measuring_only_after_the_first_steps(tiny_task: Task) ->
     assert parts.parts[:10] == [1] * 10  # plain steps: nothing measured, nothing paid
     assert set(parts.parts[10:]) == {8}
     assert controller.monitor.measurements == 20
+
+
+def test_controller_for_run_probes_memory_without_a_ceiling(tiny_task: Task,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    import batchsage.probe.memory as memory
+
+    calls: list[Any] = []
+
+    def fake_probe(task: Task, device: Any = "cpu", **kwargs: Any) -> SimpleNamespace:
+        calls.append((task.name, device))
+        return SimpleNamespace(max_batch_size=48)
+
+    monkeypatch.setattr(memory, "probe_memory", fake_probe)
+    controller = controller_for_run(tiny_task, 16, 0.1, device="cpu")
+    assert calls == [("tiny", "cpu")]
+    assert controller.max_batch_size == 48
+    assert controller_for_run(tiny_task, 16, 0.1, max_batch_size=32).max_batch_size == 32
+    assert len(calls) == 1  # a given ceiling is not probed
