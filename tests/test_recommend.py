@@ -85,10 +85,11 @@ def test_document_has_the_issue_keys(recommendation: Recommendation) -> None:
 
 
 def test_pilots_measured_and_second_pilot_is_larger(recommendation: Recommendation) -> None:
-    assert len(recommendation.pilots) == 2
-    small, large = recommendation.pilots
-    assert large.batch_size > small.batch_size
-    assert small.history and large.history
+    # Pilot A, then one or more larger pilots (escalating while scaling looks perfect).
+    assert len(recommendation.pilots) >= 2
+    sizes = [pilot.batch_size for pilot in recommendation.pilots]
+    assert sizes == sorted(set(sizes))
+    assert all(pilot.history for pilot in recommendation.pilots)
 
 
 def test_unreached_target_is_extrapolated_from_the_trend() -> None:
