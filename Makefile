@@ -7,6 +7,8 @@ STAMP := $(VENV)/.installed
 FASHION_DIR := /usr/share/datasets/fashion-mnist
 DEMO_TASK ?= digits-mlp
 DEMO_OUT ?= out/demo
+# One torch thread: steady timings even when other processes share the cores (see README).
+DEMO_THREADS ?= 1
 
 .PHONY: install data demo test lint clean
 
@@ -29,7 +31,7 @@ data:
 	fi
 
 demo: install
-	$(VENV)/bin/batchsage recommend --task $(DEMO_TASK) --out $(DEMO_OUT)
+	$(VENV)/bin/batchsage --threads $(DEMO_THREADS) recommend --task $(DEMO_TASK) --out $(DEMO_OUT)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks
