@@ -52,14 +52,13 @@ from torch import nn
 from torch.utils.data import Dataset, Sampler
 
 from batchsage import plan
-from batchsage.data import gather
+from batchsage.data import batch_len, gather
 from batchsage.errors import ConfigError
 from batchsage.training import (
     StepUpdate,
     TrainingHook,
     TrainResult,
     TrainState,
-    _batch_len,
     accumulate_gradients,
     train,
 )
@@ -407,7 +406,7 @@ class AdaptiveBatch(TrainingHook):
         """
         plain = self._plain_state()
         plain.started_at = time.perf_counter()
-        size = _batch_len(batch)
+        size = batch_len(batch)
         plain.state.batch_size = size
         parts = min(self.micro_batches(plain.state, self.accumulation_steps), size)
 

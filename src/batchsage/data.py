@@ -78,6 +78,17 @@ def split_batch(batch: Any, parts: int) -> list[Any]:
     raise TypeError(f"cannot split a batch of type {type(batch).__name__} into micro-batches")
 
 
+def batch_len(batch: Any) -> int:
+    """Number of samples in a collated batch (the first dimension of its first tensor)."""
+    if isinstance(batch, torch.Tensor):
+        return int(batch.shape[0])
+    if isinstance(batch, list | tuple):
+        return batch_len(batch[0])
+    if isinstance(batch, dict):
+        return batch_len(next(iter(batch.values())))
+    raise TypeError(f"cannot find the batch dimension of a {type(batch).__name__} batch")
+
+
 def move_to(batch: Any, device: torch.device) -> Any:
     """Move every tensor of a collated batch to ``device``."""
     if device.type == "cpu":

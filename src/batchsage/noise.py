@@ -43,7 +43,7 @@ import torch
 from torch import nn
 from torch.utils._pytree import tree_map
 
-from batchsage.data import BatchStream, move_to
+from batchsage.data import BatchStream, batch_len, move_to
 from batchsage.device import resolve_device
 from batchsage.errors import BatchsageError, ConfigError
 from batchsage.task import Task, load_task
@@ -719,13 +719,10 @@ class NoiseScaleMonitor(TrainingHook):
 
 
 def _batch_len(batch: Any) -> int:
-    if isinstance(batch, torch.Tensor):
-        return int(batch.shape[0])
-    if isinstance(batch, list | tuple):
-        return _batch_len(batch[0])
-    if isinstance(batch, dict):
-        return _batch_len(next(iter(batch.values())))
-    raise NoiseError(f"cannot find the batch dimension of a {type(batch).__name__} batch")
+    try:
+        return batch_len(batch)
+    except TypeError as exc:
+        raise NoiseError(str(exc)) from exc
 
 
 # --------------------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from batchsage.data import BatchStream, move_to, split_batch
+from batchsage.data import BatchStream, batch_len, move_to, split_batch
 from batchsage.device import Device, resolve_device
 from batchsage.errors import ConfigError
 from batchsage.task import Task
@@ -207,7 +207,7 @@ def accumulate_gradients(
     equals the gradient of the full batch's mean loss whatever the split. Returns the mean loss.
     """
     micro_batches = split_batch(batch, parts)
-    sizes = [_batch_len(micro) for micro in micro_batches]
+    sizes = [batch_len(micro) for micro in micro_batches]
     total = sum(sizes)
     loss_sum = 0.0
     for index, (micro, size) in enumerate(zip(micro_batches, sizes, strict=True)):
@@ -217,16 +217,6 @@ def accumulate_gradients(
         if on_micro_backward is not None:
             on_micro_backward(index, parts, size)
     return loss_sum / total
-
-
-def _batch_len(batch: Any) -> int:
-    if isinstance(batch, torch.Tensor):
-        return int(batch.shape[0])
-    if isinstance(batch, list | tuple):
-        return _batch_len(batch[0])
-    if isinstance(batch, dict):
-        return _batch_len(next(iter(batch.values())))
-    raise TypeError(f"cannot find the batch dimension of {type(batch).__name__}")
 
 
 def evaluate(task: Task, model: nn.Module) -> float:

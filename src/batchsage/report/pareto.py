@@ -24,6 +24,8 @@ from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, NullFormatter
 
+from batchsage.report.console import finite
+
 FIGURE_SIZE_INCHES = (7.5, 4.6)
 DPI = 110
 COLOR_TARGET = "#2ca02c"
@@ -34,14 +36,7 @@ LABELS = {"reached": "reached target", "cut": "cut early (pruned/censored)",
           "budget": "budget exhausted", "diverged": "diverged"}
 
 
-def _finite(value: Any) -> float | None:
-    if value is None or isinstance(value, bool):
-        return None
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return number if math.isfinite(number) else None
+_finite = finite
 
 
 def _outcome(trial: Mapping[str, Any]) -> str:
