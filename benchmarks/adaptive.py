@@ -480,6 +480,9 @@ def main(argv: list[str] | None = None) -> int:
     document: dict[str, Any] = {
         "status": "partial", "task": task.name, "metric": task.metric_name, "target": task.target,
         "higher_is_better": task.higher_is_better, "seeds": [task.seed + i for i in range(args.seeds)],
+        "task_definition": {"train_samples": task.num_train_samples, "val_samples": task.num_val_samples,
+                            "base_batch_size": task.base_batch_size, "base_lr": task.base_lr,
+                            "max_samples": task.max_samples, "description": task.description},
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "machine": machine_info(args.device),
         "load_average_start": list(os.getloadavg()),
         "arguments": {key: str(value) if isinstance(value, Path) else value
