@@ -177,7 +177,11 @@ def test_out_of_memory_in_a_probe_is_survived(wide_task: Task, one_sample_peak: 
     one = ForkedPeakRSSMeter(heavy).measure(1, 64 * 1024**3)
     assert one.peak_bytes is not None
     profile = probe_memory(heavy, budget_bytes=one.peak_bytes + 64 * MiB, max_measurements=4)
-    assert [p.outcome for p in profile.probes][:2] == ["fits", "out of memory"]
+    # Whether the child's allocation fails or completes above the budget depends on the memory
+    # free at that moment; either way it does not fit and the search goes on.
+    first, second = profile.probes[:2]
+    assert first.outcome == "fits"
+    assert second.outcome in ("out of memory", "over budget") and not second.fits
     assert 8 <= profile.max_batch_size < 128
     assert all(p.fits == (p.peak_bytes is not None and p.peak_bytes <= profile.budget_bytes)
                for p in profile.probes)
