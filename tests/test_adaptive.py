@@ -366,3 +366,41 @@ def test_controller_for_run_probes_memory_without_a_ceiling(tiny_task: Task,
     assert controller.max_batch_size == 48
     assert controller_for_run(tiny_task, 16, 0.1, max_batch_size=32).max_batch_size == 32
     assert len(calls) == 1  # a given ceiling is not probed
+
+
+def test_an_lr_raise_that_makes_the_loss_climb_is_undone_and_the_lr_held() -> None:
+    controller = AdaptiveBatch(16, 0.1, monitor=FakeMonitor(lambda step: 1e4), measurements_per_decision=10)
+    state = TrainState(batch_size=16, lr=0.1)
+
+    def step(loss: float) -> Any:
+        controller.micro_batches(state, 1)
+        state.step += 1
+        state.last_loss = loss
+        return controller.on_step_end(state)
+
+    for _ in range(9):
+        assert step(1.0) is None
+    grown = step(1.0)  # the 10th measurement: grow to 32 with a larger lr
+    assert grown is not None and grown.batch_size == 32 and grown.lr > 0.1
+    for loss in (1.5, 3.0, 5.0, 9.0):
+        assert step(loss) is None  # fewer than GUARD_LOSSES losses since the raise: wait
+    undone = step(20.0)  # median of the last five, 5.0, is above 2 × 1.0
+    assert undone is not None and undone.lr == pytest.approx(0.1)
+    assert controller.lr_frozen and controller.current_lr == pytest.approx(0.1)
+    assert "lr back" in controller.schedule[-1].reason
+    assert controller.schedule[-1].batch_size == 32  # the batch stays: only the lr raise is undone
+    updates = [update for update in (step(1.0) for _ in range(10)) if update is not None]
+    assert [update.batch_size for update in updates] == [64]
+    assert updates[0].lr == pytest.approx(0.1)  # held: the batch grows at a fixed lr
+
+
+def test_a_stable_lr_raise_is_kept() -> None:
+    controller = AdaptiveBatch(16, 0.1, monitor=FakeMonitor(lambda step: 1e4), measurements_per_decision=10)
+    state = TrainState(batch_size=16, lr=0.1)
+    for index in range(20):
+        controller.micro_batches(state, 1)
+        state.step += 1
+        state.last_loss = 1.0 / (1 + index)  # falling loss
+        controller.on_step_end(state)
+    assert not controller.lr_frozen
+    assert controller.current_lr > 0.1

@@ -41,7 +41,9 @@ or :class:`AdaptiveBatchLoader`, with ``adaptive.backward(...)`` and ``adaptive.
 from __future__ import annotations
 
 import math
+import statistics
 import time
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence, Sized
 from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING, Any, Protocol
@@ -78,6 +80,15 @@ DEFAULT_GROWTH_FACTOR = 2.0
 DEFAULT_MEASUREMENTS_PER_DECISION = 4
 #: The monitor's overhead budget: decisions need measurements often enough to follow the growth.
 DEFAULT_MONITOR_OVERHEAD = 0.1
+#: Training losses kept to compare before and after an lr raise.
+LOSS_WINDOW = 16
+#: The guard looks at the median of this many losses since the raise ...
+GUARD_LOSSES = 5
+#: ... and calls the raise unstable when that median is this many times the median before it.
+#: The lr rule assumes the lr stays below the stability limit (≈ 2/λ_max for SGD), which the noise
+#: scale cannot see; a raise past it makes the loss grow geometrically, far beyond this factor
+#: within a few steps, while a stable raise after a larger batch lowers the loss.
+GUARD_FACTOR = 2.0
 #: Micro-batches of a measured step of the controller's monitor (the monitor's default, ≥ 8 keeps
 #: the per-step estimate stable, DESIGN.md pitfalls).
 DEFAULT_MONITOR_MICRO_BATCHES = 8
@@ -230,6 +241,10 @@ class AdaptiveBatch(TrainingHook):
         self.lr = float(lr)  # the rule's lr for the current batch (the ramp's end)
         self.current_lr = float(lr)  # what the next step uses (differs during a ramp)
         self._ramp: tuple[int, float, float] | None = None  # (start step, from lr, to lr)
+        self._losses: deque[float] = deque(maxlen=LOSS_WINDOW)
+        self._guard: tuple[float, float, int] | None = None  # (loss before, lr before, losses since)
+        #: True once an lr raise made the loss climb: from then on the batch grows at a fixed lr.
+        self.lr_frozen = False
         self._next_decision = measurements_per_decision
         #: Seconds spent deciding (reading the estimate and its interval); the training loop's step
         #: clock does not include hooks, so this is the controller's overhead on top of the monitor's.
@@ -317,6 +332,9 @@ class AdaptiveBatch(TrainingHook):
 
     def on_step_end(self, state: TrainState) -> StepUpdate | None:
         monitor_update = self.monitor.on_step_end(state) if self._monitoring else None
+        guard_update = self._watch_loss(state)
+        if guard_update is not None:
+            return guard_update
         ramping = self._ramp is not None  # no decision until a step has run at the ramp's end
         update = self._advance_ramp(state.step)
         if not ramping and self.monitor.measurements >= self._next_decision:
@@ -368,11 +386,15 @@ class AdaptiveBatch(TrainingHook):
               ci95: tuple[float, float]) -> StepUpdate:
         anchor_batch, anchor_lr = self.base_batch_size or self.batch_size, self.base_lr or self.lr
         lr = plan.scaled_lr(batch_size, anchor_batch, anchor_lr, self.lr_scaling, b_noise)
+        if self.lr_frozen:
+            lr = self.lr
         self.batch_size = batch_size
         self.micro_batch_size, self.accumulation_steps = self._split(batch_size)
         self.schedule.append(ScheduleEntry(state.step, state.samples, batch_size, self.micro_batch_size,
                                            self.accumulation_steps, lr, b_noise, ci95, "noise scale grew"))
         previous, self.lr = self.current_lr, lr
+        raised = lr > previous and bool(self._losses)
+        self._guard = (statistics.median(self._losses), previous, 0) if raised else None
         if self.rewarmup_steps > 0 and lr > previous:
             self._ramp = (state.step, previous, lr)
             self._advance_ramp(state.step)
@@ -380,6 +402,31 @@ class AdaptiveBatch(TrainingHook):
             self.current_lr = lr
         return StepUpdate(batch_size=batch_size, accumulation_steps=self.accumulation_steps,
                           lr=self.current_lr)
+
+    def _watch_loss(self, state: TrainState) -> StepUpdate | None:
+        """After an lr raise: if the loss climbs, go back to the lr before it and hold the lr."""
+        if not math.isfinite(state.last_loss):
+            return None
+        self._losses.append(state.last_loss)
+        if self._guard is None:
+            return None
+        before, previous_lr, since = self._guard
+        since += 1
+        self._guard = (before, previous_lr, since)
+        if since < GUARD_LOSSES:
+            return None
+        recent = statistics.median(list(self._losses)[-GUARD_LOSSES:])
+        if recent <= GUARD_FACTOR * before:
+            return None
+        self._guard, self._ramp = None, None
+        self.lr = self.current_lr = previous_lr
+        self.lr_frozen = True
+        self.schedule.append(ScheduleEntry(
+            state.step, state.samples, self.batch_size, self.micro_batch_size, self.accumulation_steps,
+            previous_lr, self.schedule[-1].b_noise, self.schedule[-1].b_noise_ci95,
+            f"loss rose {recent / before:.1f}× after the lr raise: lr back, held from now on",
+        ))
+        return StepUpdate(lr=previous_lr)
 
     def _advance_ramp(self, step: int) -> StepUpdate | None:
         """The ramped lr for the next step, while a re-warmup is running."""
@@ -533,13 +580,13 @@ def recent_estimate(monitor: Any, step: int) -> tuple[float, tuple[float, float]
     """
     from batchsage.noise import bootstrap_ci, ratio_of_means
 
-    statistics = getattr(monitor, "statistics", None)
-    if statistics is None:
+    stats = getattr(monitor, "statistics", None)
+    if stats is None:
         estimate = monitor.estimate()
         if estimate is None or estimate.ci95 is None or math.isnan(estimate.b_simple):
             return None
         return estimate.b_simple, tuple(estimate.ci95)
-    measurements = statistics.measurements
+    measurements = stats.measurements
     recent = [m for m in measurements if m.step >= RECENT_FRACTION * step]
     if len(recent) < MIN_RECENT_MEASUREMENTS:
         recent = measurements[-MIN_RECENT_MEASUREMENTS:]
