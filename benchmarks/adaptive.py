@@ -421,6 +421,21 @@ def replot(results: Path, path: Path | None) -> None:
     plot(document, runs_from_document(document), table, path or results.with_suffix(".png"))
 
 
+def git_commit() -> str | None:
+    """The commit the benchmark ran at (with '+changes' when the working tree differs)."""
+    import subprocess
+
+    root = Path(__file__).parent
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
+                                check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "src", "benchmarks/adaptive.py"],
+                               cwd=root.parent, capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return commit + ("+changes" if dirty else "")
+
+
 def machine_info(device: str) -> dict[str, Any]:
     return {"platform": platform.platform(), "cpu_count": os.cpu_count(), "torch": torch.__version__,
             "torch_threads": torch.get_num_threads(), "python": platform.python_version(), "device": device}
@@ -484,7 +499,7 @@ def main(argv: list[str] | None = None) -> int:
                             "base_batch_size": task.base_batch_size, "base_lr": task.base_lr,
                             "max_samples": task.max_samples, "description": task.description},
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "machine": machine_info(args.device),
-        "load_average_start": list(os.getloadavg()),
+        "load_average_start": list(os.getloadavg()), "git_commit": git_commit(),
         "arguments": {key: str(value) if isinstance(value, Path) else value
                       for key, value in vars(args).items()},
     }
