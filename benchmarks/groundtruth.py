@@ -10,7 +10,9 @@ Protocol (DESIGN.md "Measuring whether a recommendation is right"; docs/groundtr
    and the constant ``default32``.
 2. The grid, through the sweep engine: every power-of-two B from ``--min-batch-size`` up to the
    memory ceiling (and the training-set size) × the task's scaled lr × {¼, ½, 1, 2}, plus every
-   strategy's own plain (B, lr), for each seed, each to the target or the budget. batchsage's and
+   strategy's own plain (B, lr), for each seed, each to the target or the budget; where the fastest
+   lr of a B within 2× of the best is at the edge of its range, the range is widened by 2× (up to
+   twice, ``--lr-extensions``) so the grid brackets the optimum. batchsage's and
    default32's points run first (a good time early lets the censoring cut hopeless trials sooner),
    the rest in a seeded random order, so that machine-load drift does not favour one B. Nothing that
    could be the best is pruned; a trial past ``--censor-factor`` × the best time so far (of its
@@ -81,6 +83,7 @@ class Settings:
     shuffle_seed: int = 0
     threads: int | None = 1
     timing_rounds: int = 5
+    lr_extensions: int = 2
 
     def seed_list(self, task: Task) -> list[int]:
         return [task.seed + index for index in range(self.seeds)]
@@ -332,6 +335,39 @@ def run_grid(task: Task, batch_sizes: list[int], configs: list[tuple[int, float,
     for trial in trials:
         trial.extras["lr_multiplier"] = _multiplier_of(trial, configs, multiplier)
     return trials
+
+
+def lr_bracket_extension(task: Task, grid: list[Trial], configs: list[tuple[int, float, float | None]],
+                         near: float = 2.0) -> list[tuple[int, float, float]]:
+    """Configurations that bracket the best lr where the grid did not.
+
+    For every B whose fastest configuration (median over seeds, pooled step times) is within
+    ``near`` × the best, if its fastest lr is the largest (smallest) multiplier tried at that B,
+    the next one up (down) by 2× is proposed: otherwise the grid's best might not be the best.
+    """
+    step_seconds = regret_lib.step_seconds_by_batch(grid)
+    summaries = regret_lib.summarise_configs(grid, step_seconds)
+    best = regret_lib.best_config(summaries)
+    if best is None:
+        return []
+    rule = task.resolved_lr_scaling()
+    tried: dict[int, dict[float, float]] = {}  # B -> multiplier -> median seconds
+    for b, lr, multiplier in configs:
+        if multiplier is None:
+            continue
+        summary = next((x for x in summaries if x.batch_size == b and regret_lib.same_lr(x.lr, lr)), None)
+        if summary is not None:
+            tried.setdefault(b, {})[multiplier] = summary.seconds_to_target
+    extra = []
+    for b, times in sorted(tried.items()):
+        fastest = min(times, key=lambda m: times[m])
+        if not times[fastest] <= near * best.seconds_to_target:
+            continue
+        anchor = scaled_lr(b, task.base_batch_size, task.base_lr, rule)
+        for edge, step in ((max(times), 2.0), (min(times), 0.5)):
+            if fastest == edge:
+                extra.append((b, anchor * edge * step, edge * step))
+    return extra
 
 
 def _multiplier_of(trial: Trial, configs: list[tuple[int, float, float | None]],
@@ -734,6 +770,15 @@ def _run_groundtruth(task_spec: str | Task, out: Path, settings: Settings,
     first = [(c.batch_size, c.lr) for name, c in choices.items() if name in ("batchsage", "default32")
              and (c.batch_size, c.lr) in plain]
     grid = run_grid(task, batch_sizes, configs, seeds, first, settings, state)
+    for _ in range(settings.lr_extensions):
+        extra = lr_bracket_extension(task, grid, configs)
+        if not extra:
+            break
+        console.print("[bold]lr range extended[/] where the best lr of a near-best B was at the "
+                      "edge: " + ", ".join(f"B={b} ×{m:g}" for b, _, m in extra))
+        configs = configs + extra
+        document["protocol"]["configurations"] = len(configs)
+        grid = run_grid(task, batch_sizes, configs, seeds, first, settings, state)
 
     micro_sizes = {c.batch_size // c.accumulation_steps for c in choices.values()}
     timed = sorted({t.batch_size for t in grid} | micro_sizes)
@@ -846,6 +891,9 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, S
                              "0 keeps torch's default)")
     parser.add_argument("--timing-rounds", type=int, default=5,
                         help="interleaved rounds of the step-time measurement")
+    parser.add_argument("--lr-extensions", type=int, default=2,
+                        help="times the lr range may be widened where a near-best B's best lr is "
+                             "at its edge (0: the fixed grid only)")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     names = tuple(n.strip() for n in args.strategies.split(",") if n.strip())
@@ -861,6 +909,7 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, S
         censor_factor=args.censor_factor, recommend_budget_seconds=args.recommend_budget_seconds,
         strategies=names, progress=not args.no_progress, storage_dir=args.storage_dir,
         threads=args.threads or None, timing_rounds=args.timing_rounds,
+        lr_extensions=args.lr_extensions,
     )
     return args, settings
 

@@ -278,3 +278,14 @@ def test_a_trial_cut_by_the_clock_but_not_by_its_steps_is_rerun(tiny_task, tmp_p
     chosen = groundtruth.recheck_censored(tiny_task, [slow], {16: 0.01}, 1.0, settings, state,
                                           Console(quiet=True), {slow.key})
     assert chosen[0].source == "recheck"
+
+
+def test_lr_range_is_widened_only_where_a_near_best_batch_peaks_at_its_edge(tiny_task) -> None:
+    sizes = [16, 32, 64]
+    configs = groundtruth.grid_configs(tiny_task, sizes, (0.5, 1.0, 2.0), [])
+    steps = {(16, 0.5): 300, (16, 1.0): 200, (16, 2.0): 100,   # fastest at the top edge
+             (32, 0.5): 150, (32, 1.0): 60, (32, 2.0): 90,     # bracketed
+             (64, 0.5): 900, (64, 1.0): 950, (64, 2.0): 990}   # at the low edge but far slower
+    trials = [trial(b, lr, seed, steps[(b, m)], 0.01) for b, lr, m in configs for seed in (0, 1)]
+    extra = groundtruth.lr_bracket_extension(tiny_task, trials, configs)
+    assert extra == [(16, pytest.approx(0.4), 4.0)]
