@@ -14,9 +14,10 @@ Protocol (DESIGN.md "Measuring whether a recommendation is right"; docs/groundtr
    lr of a B within 2× of the best is at the edge of its range, the range is widened by 2× (up to
    twice, ``--lr-extensions``) so the grid brackets the optimum. batchsage's and
    default32's points run first (a good time early lets the censoring cut hopeless trials sooner),
-   the rest in a seeded random order, so that machine-load drift does not favour one B. Nothing that
-   could be the best is pruned; a trial past ``--censor-factor`` × the best time so far (of its
-   seed) is cut and recorded as censored.
+   the rest in a seeded random order, so that machine-load drift does not favour one B. The sweep
+   cuts a trial past ``--grid-cut-factor`` (1.5) × its seed's best clock time so far (censored);
+   step 4 re-runs every cut trial that could still be the best, so nothing that could be the best
+   is lost, and those of a configuration a strategy chose up to ``--censor-factor`` (3) × best.
 3. Strategy choices that are not plain grid points (batchsage's warmup or accumulation) are trained
    for every seed with the same loop (after step 4's timing, cut at the censor bound in steps).
 4. t(B) for every batch size used: interleaved timing rounds (every round visits every B in a new
@@ -76,6 +77,7 @@ class Settings:
     max_batch_size: int | None = None
     lr_multipliers: tuple[float, ...] = LR_MULTIPLIERS
     censor_factor: float = 3.0
+    grid_cut_factor: float = 1.5
     recommend_budget_seconds: float | None = None
     strategies: tuple[str, ...] = strategies.STRATEGIES
     progress: bool = True
@@ -322,7 +324,7 @@ def run_grid(task: Task, batch_sizes: list[int], configs: list[tuple[int, float,
         study_name=f"{task.name}-grid",
         procedure="grid",
         prune=False,
-        censor_factor=settings.censor_factor,
+        censor_factor=settings.grid_cut_factor,
         first=ordered_first,
         device=settings.device,
         progress=settings.progress,
@@ -847,6 +849,7 @@ def _protocol(task: Task, settings: Settings, seeds: list[int], ceiling: int,
         "memory_budget_bytes": settings.memory_budget_bytes,
         "configurations": configs,
         "censor_factor": settings.censor_factor,
+        "grid_cut_factor": settings.grid_cut_factor,
         "time_to_target": "steps_to_target × t(B); t(B) = median over interleaved timing rounds and "
                           "the grid trials' median step times at B; measured_seconds_to_target "
                           "keeps each trial's own clock, grid_step_seconds_by_batch the grid "
@@ -878,7 +881,11 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, S
     parser.add_argument("--min-batch-size", type=int, default=16)
     parser.add_argument("--max-batch-size", type=int, default=None,
                         help="cap the grid (and the finders) below the memory ceiling")
-    parser.add_argument("--censor-factor", type=float, default=3.0)
+    parser.add_argument("--censor-factor", type=float, default=3.0,
+                        help="strategy runs (and re-checks) are cut past this × the best time")
+    parser.add_argument("--grid-cut-factor", type=float, default=1.5,
+                        help="the sweep cuts a grid trial past this × its seed's best clock time; a "
+                             "cut trial that could still win, or that a strategy chose, is re-run")
     parser.add_argument("--recommend-budget-seconds", type=float, default=None,
                         help="batchsage's decision budget (default: recommend's own default)")
     parser.add_argument("--strategies", default=",".join(strategies.STRATEGIES))
@@ -906,7 +913,8 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, S
     settings = Settings(
         seeds=args.seeds, memory_budget_bytes=budget, device=args.device,
         min_batch_size=args.min_batch_size, max_batch_size=args.max_batch_size,
-        censor_factor=args.censor_factor, recommend_budget_seconds=args.recommend_budget_seconds,
+        censor_factor=args.censor_factor, grid_cut_factor=args.grid_cut_factor,
+        recommend_budget_seconds=args.recommend_budget_seconds,
         strategies=names, progress=not args.no_progress, storage_dir=args.storage_dir,
         threads=args.threads or None, timing_rounds=args.timing_rounds,
         lr_extensions=args.lr_extensions,

@@ -33,7 +33,8 @@ def load_results(directory: Path) -> list[dict[str, Any]]:
             document = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError):
             continue
-        if isinstance(document, dict) and document.get("strategies") and document.get("best"):
+        if isinstance(document, dict) and document.get("strategies") and document.get("best") and (
+                "grid" in document and "decisions" in document):
             documents.append(document)
     return sorted(documents, key=lambda d: d["task"])
 

@@ -166,7 +166,7 @@ def _document(task: str = "toy") -> dict:
     slow = dict(strategy, batch_size=16, lr=0.1, seconds_to_target=2.0, regret=2.0 / 1.2,
                 decision_seconds=0.0, decision_cost=0.0)
     cut = dict(strategy, batch_size=1000, seconds_to_target=None, regret=None, regret_at_least=3.4)
-    return {"task": task, "status": "complete", "date": "2025-01-02T03:04:05+00:00",
+    return {"task": task, "status": "complete", "date": "2025-01-02T03:04:05+00:00", "decisions": {},
             "machine": {"cpu_count": 2, "torch": "2.13.0"}, "grid": grid,
             "best": {"batch_size": 32, "lr": 0.2, "seconds_to_target": 1.2},
             "strategies": {"batchsage": strategy, "default32": slow, "memory_ceiling": cut},
