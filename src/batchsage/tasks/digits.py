@@ -1,4 +1,11 @@
-"""``digits-mlp``: scikit-learn's bundled 8×8 digits, a two-hidden-layer MLP, SGD with momentum."""
+"""``digits-mlp``: scikit-learn's bundled 8×8 digits, a wide two-hidden-layer MLP, SGD with momentum.
+
+The 1,797 images are split 70/30 (seeded) into training and validation. The training images are
+augmented once, up front, with their eight one-pixel shifts (9 × 1,258 = 11,322 samples): the
+model must learn shift-tolerant features, which takes many more steps than memorising 1,258
+images, and the larger validation set (539 images) resolves accuracy to 0.2 %. Inputs are
+standardised with the training set's per-pixel statistics.
+"""
 
 from __future__ import annotations
 
@@ -6,23 +13,54 @@ import numpy as np
 import torch
 from sklearn.datasets import load_digits
 from torch import nn
+from torch.utils.data import TensorDataset
 
 from batchsage.task import Task
-from batchsage.tasks.common import accuracy, cross_entropy_loss, split
+from batchsage.tasks.common import accuracy, cross_entropy_loss
+
+HIDDEN = 1024
+VAL_FRACTION = 0.3
+SPLIT_SEED = 0
+#: (dy, dx) pixel shifts applied to every training image; (0, 0) keeps the original.
+SHIFTS = tuple((dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1))
 
 
 def make_model() -> nn.Module:
     return nn.Sequential(
-        nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 10)
+        nn.Linear(64, HIDDEN), nn.ReLU(), nn.Linear(HIDDEN, HIDDEN), nn.ReLU(), nn.Linear(HIDDEN, 10)
+    )
+
+
+def shifted(images: np.ndarray, dy: int, dx: int) -> np.ndarray:
+    """Images (N, 8, 8) moved by (dy, dx) pixels, the uncovered border filled with zeros."""
+    out = np.zeros_like(images)
+    height, width = images.shape[1:]
+    out[:, max(dy, 0) : height + min(dy, 0), max(dx, 0) : width + min(dx, 0)] = images[
+        :, max(-dy, 0) : height + min(-dy, 0), max(-dx, 0) : width + min(-dx, 0)
+    ]
+    return out
+
+
+def load() -> tuple[TensorDataset, TensorDataset]:
+    digits = load_digits()
+    images = (digits.images / 16.0).astype(np.float32)
+    labels = digits.target.astype(np.int64)
+    order = np.random.default_rng(SPLIT_SEED).permutation(len(images))
+    n_val = round(len(images) * VAL_FRACTION)
+    val_idx, train_idx = order[:n_val], order[n_val:]
+    x_train = np.concatenate([shifted(images[train_idx], dy, dx) for dy, dx in SHIFTS]).reshape(-1, 64)
+    y_train = np.tile(labels[train_idx], len(SHIFTS))
+    x_val = images[val_idx].reshape(-1, 64)
+    # A floor on the per-pixel scale: border pixels are almost always 0 and must not blow up.
+    mean, std = x_train.mean(axis=0), x_train.std(axis=0) + 0.1
+    return (
+        TensorDataset(torch.from_numpy((x_train - mean) / std), torch.from_numpy(y_train)),
+        TensorDataset(torch.from_numpy((x_val - mean) / std), torch.from_numpy(labels[val_idx])),
     )
 
 
 def make_task() -> Task:
-    digits = load_digits()
-    x = (digits.data / 16.0).astype(np.float32)
-    x = (x - x.mean(axis=0)) / (x.std(axis=0) + 1e-6)
-    y = digits.target.astype(np.int64)
-    train, val = split(x, y, val_fraction=0.2, seed=0)
+    train, val = load()
     return Task(
         name="digits-mlp",
         make_model=make_model,
@@ -35,8 +73,11 @@ def make_task() -> Task:
         higher_is_better=True,
         base_batch_size=32,
         base_lr=0.01,
-        max_samples=400_000,
+        max_samples=800_000,
         metric_name="accuracy",
-        eval_every_samples=1_024,
-        description="sklearn digits (1437 train / 360 val), MLP 64-256-256-10, SGD momentum 0.9",
+        eval_every_samples=2_048,
+        description=(
+            f"sklearn digits, 9 one-pixel shifts ({len(train)} train / {len(val)} val), "
+            f"MLP 64-{HIDDEN}-{HIDDEN}-10, SGD momentum 0.9"
+        ),
     )

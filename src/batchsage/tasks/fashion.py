@@ -69,8 +69,11 @@ def load(directory: Path | None = None) -> tuple[TensorDataset, TensorDataset]:
     return train, val
 
 
+MLP_HIDDEN = 512
+
+
 def make_mlp() -> nn.Module:
-    return nn.Sequential(nn.Flatten(), nn.Linear(784, 256), nn.ReLU(), nn.Linear(256, 10))
+    return nn.Sequential(nn.Flatten(), nn.Linear(784, MLP_HIDDEN), nn.ReLU(), nn.Linear(MLP_HIDDEN, 10))
 
 
 def make_cnn() -> nn.Module:
@@ -91,14 +94,16 @@ def make_mlp_task() -> Task:
         loss_fn=cross_entropy_loss,
         make_optimizer=lambda params, lr: torch.optim.SGD(params, lr=lr, momentum=0.9),
         metric_fn=accuracy,
-        target=0.86,
+        # ~0.01 below what this MLP reaches at its best (≈0.89): the last stretch, where the
+        # batch size and lr decide how fast, without sitting on the ceiling.
+        target=0.88,
         higher_is_better=True,
         base_batch_size=32,
         base_lr=0.01,
-        max_samples=1_500_000,
+        max_samples=3_000_000,
         metric_name="accuracy",
         eval_every_samples=8_192,
-        description="Fashion-MNIST (60k train / 5k val), MLP 784-256-10, SGD momentum 0.9",
+        description=f"Fashion-MNIST (60k train / 5k val), MLP 784-{MLP_HIDDEN}-10, SGD momentum 0.9",
     )
 
 
@@ -112,12 +117,13 @@ def make_cnn_task() -> Task:
         loss_fn=cross_entropy_loss,
         make_optimizer=lambda params, lr: torch.optim.Adam(params, lr=lr),
         metric_fn=accuracy,
-        target=0.88,
+        # This CNN peaks at ≈0.91; 0.89 needs a few epochs at a good batch size.
+        target=0.89,
         higher_is_better=True,
         base_batch_size=32,
         base_lr=1e-3,
         max_samples=1_000_000,
         metric_name="accuracy",
-        eval_every_samples=8_192,
+        eval_every_samples=4_096,
         description="Fashion-MNIST (60k train / 5k val), CNN 2×conv + 2×fc, Adam",
     )
