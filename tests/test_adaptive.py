@@ -368,8 +368,9 @@ def test_controller_for_run_probes_memory_without_a_ceiling(tiny_task: Task,
     assert len(calls) == 1  # a given ceiling is not probed
 
 
-def test_an_lr_raise_that_makes_the_loss_climb_is_undone_and_the_lr_held() -> None:
-    controller = AdaptiveBatch(16, 0.1, monitor=FakeMonitor(lambda step: 1e4), measurements_per_decision=10)
+def test_an_lr_raise_that_makes_the_loss_climb_is_undone_and_adapting_stops() -> None:
+    monitor = FakeMonitor(lambda step: 1e4)
+    controller = AdaptiveBatch(16, 0.1, monitor=monitor, measurements_per_decision=10)
     state = TrainState(batch_size=16, lr=0.1)
 
     def step(loss: float) -> Any:
@@ -385,13 +386,14 @@ def test_an_lr_raise_that_makes_the_loss_climb_is_undone_and_the_lr_held() -> No
     for loss in (1.5, 3.0, 5.0, 9.0):
         assert step(loss) is None  # fewer than GUARD_LOSSES losses since the raise: wait
     undone = step(20.0)  # median of the last five, 5.0, is above 2 × 1.0
-    assert undone is not None and undone.lr == pytest.approx(0.1)
-    assert controller.lr_frozen and controller.current_lr == pytest.approx(0.1)
-    assert "lr back" in controller.schedule[-1].reason
-    assert controller.schedule[-1].batch_size == 32  # the batch stays: only the lr raise is undone
-    updates = [update for update in (step(1.0) for _ in range(10)) if update is not None]
-    assert [update.batch_size for update in updates] == [64]
-    assert updates[0].lr == pytest.approx(0.1)  # held: the batch grows at a fixed lr
+    assert undone is not None
+    assert (undone.batch_size, undone.lr) == (16, pytest.approx(0.1))
+    assert controller.stopped is not None and "saturated" in controller.stopped
+    assert (controller.batch_size, controller.current_lr) == (16, pytest.approx(0.1))
+    assert controller.schedule[-1].reason == controller.stopped
+    measured = monitor.measurements
+    assert all(step(1.0) is None for _ in range(30))  # no more decisions ...
+    assert monitor.measurements == measured  # ... and no more measurements
 
 
 def test_a_stable_lr_raise_is_kept() -> None:
@@ -402,5 +404,5 @@ def test_a_stable_lr_raise_is_kept() -> None:
         state.step += 1
         state.last_loss = 1.0 / (1 + index)  # falling loss
         controller.on_step_end(state)
-    assert not controller.lr_frozen
+    assert controller.stopped is None
     assert controller.current_lr > 0.1

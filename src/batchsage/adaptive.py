@@ -87,7 +87,10 @@ GUARD_LOSSES = 5
 #: ... and calls the raise unstable when that median is this many times the median before it.
 #: The lr rule assumes the lr stays below the stability limit (≈ 2/λ_max for SGD), which the noise
 #: scale cannot see; a raise past it makes the loss grow geometrically, far beyond this factor
-#: within a few steps, while a stable raise after a larger batch lowers the loss.
+#: within a few steps, while a stable raise after a larger batch lowers the loss. An lr that cannot
+#: rise means the lr has saturated at ε_max: the batch is past the critical batch, where by
+#: S(B) = S_min·(1 + B_noise/B) more samples per step no longer buy fewer steps (B_simple
+#: over-estimates B_crit when curvature differs across directions, McCandlish et al. §2.2).
 GUARD_FACTOR = 2.0
 #: Micro-batches of a measured step of the controller's monitor (the monitor's default, ≥ 8 keeps
 #: the per-step estimate stable, DESIGN.md pitfalls).
@@ -242,9 +245,10 @@ class AdaptiveBatch(TrainingHook):
         self.current_lr = float(lr)  # what the next step uses (differs during a ramp)
         self._ramp: tuple[int, float, float] | None = None  # (start step, from lr, to lr)
         self._losses: deque[float] = deque(maxlen=LOSS_WINDOW)
-        self._guard: tuple[float, float, int] | None = None  # (loss before, lr before, losses since)
-        #: True once an lr raise made the loss climb: from then on the batch grows at a fixed lr.
-        self.lr_frozen = False
+        #: After an lr raise: (median loss before it, batch before, lr before, losses since).
+        self._guard: tuple[float, int, float, int] | None = None
+        #: Why the controller stopped (an lr raise made the loss climb), or None while it runs.
+        self.stopped: str | None = None
         self._next_decision = measurements_per_decision
         #: Seconds spent deciding (reading the estimate and its interval); the training loop's step
         #: clock does not include hooks, so this is the controller's overhead on top of the monitor's.
@@ -304,7 +308,8 @@ class AdaptiveBatch(TrainingHook):
             last = self.readings[-1] if self.readings else None
             noise = f", last B_noise ≈ {last.b_noise:.0f}" if last else ", no noise estimate yet"
             return f"adaptive batch: stayed at {steps[0]}{noise}"
-        return "adaptive batch: " + " → ".join(steps)
+        stopped = f" (stopped: {self.stopped})" if self.stopped else ""
+        return "adaptive batch: " + " → ".join(steps) + stopped
 
     def schedule_dicts(self) -> list[dict[str, Any]]:
         """The schedule as JSON-ready dicts (``step``, ``batch_size``, ``lr``, ``b_noise``, ...)."""
@@ -314,7 +319,7 @@ class AdaptiveBatch(TrainingHook):
 
     def micro_batches(self, state: TrainState, accumulation_steps: int) -> int:
         # The monitor sees only the steps from measure_after_steps on (its step count starts there).
-        self._monitoring = state.step >= self.measure_after_steps
+        self._monitoring = self.stopped is None and state.step >= self.measure_after_steps
         if not self._monitoring:
             return accumulation_steps
         return max(accumulation_steps, self.monitor.micro_batches(state, accumulation_steps))
@@ -337,7 +342,7 @@ class AdaptiveBatch(TrainingHook):
             return guard_update
         ramping = self._ramp is not None  # no decision until a step has run at the ramp's end
         update = self._advance_ramp(state.step)
-        if not ramping and self.monitor.measurements >= self._next_decision:
+        if not ramping and self.stopped is None and self.monitor.measurements >= self._next_decision:
             self._next_decision = self.monitor.measurements + self.measurements_per_decision
             started = time.perf_counter()
             update = self._decide(state) or update
@@ -386,15 +391,14 @@ class AdaptiveBatch(TrainingHook):
               ci95: tuple[float, float]) -> StepUpdate:
         anchor_batch, anchor_lr = self.base_batch_size or self.batch_size, self.base_lr or self.lr
         lr = plan.scaled_lr(batch_size, anchor_batch, anchor_lr, self.lr_scaling, b_noise)
-        if self.lr_frozen:
-            lr = self.lr
+        previous_batch = self.batch_size
         self.batch_size = batch_size
         self.micro_batch_size, self.accumulation_steps = self._split(batch_size)
         self.schedule.append(ScheduleEntry(state.step, state.samples, batch_size, self.micro_batch_size,
                                            self.accumulation_steps, lr, b_noise, ci95, "noise scale grew"))
         previous, self.lr = self.current_lr, lr
         raised = lr > previous and bool(self._losses)
-        self._guard = (statistics.median(self._losses), previous, 0) if raised else None
+        self._guard = (statistics.median(self._losses), previous_batch, previous, 0) if raised else None
         if self.rewarmup_steps > 0 and lr > previous:
             self._ramp = (state.step, previous, lr)
             self._advance_ramp(state.step)
@@ -404,29 +408,33 @@ class AdaptiveBatch(TrainingHook):
                           lr=self.current_lr)
 
     def _watch_loss(self, state: TrainState) -> StepUpdate | None:
-        """After an lr raise: if the loss climbs, go back to the lr before it and hold the lr."""
+        """After an lr raise: if the loss climbs, undo the change (batch and lr) and stop adapting.
+
+        The only way back to a smaller batch: an undone change, never a lower estimate.
+        """
         if not math.isfinite(state.last_loss):
             return None
         self._losses.append(state.last_loss)
         if self._guard is None:
             return None
-        before, previous_lr, since = self._guard
-        since += 1
-        self._guard = (before, previous_lr, since)
-        if since < GUARD_LOSSES:
+        before, previous_batch, previous_lr, since = self._guard
+        self._guard = (before, previous_batch, previous_lr, since + 1)
+        if since + 1 < GUARD_LOSSES:
             return None
         recent = statistics.median(list(self._losses)[-GUARD_LOSSES:])
         if recent <= GUARD_FACTOR * before:
             return None
         self._guard, self._ramp = None, None
-        self.lr = self.current_lr = previous_lr
-        self.lr_frozen = True
-        self.schedule.append(ScheduleEntry(
-            state.step, state.samples, self.batch_size, self.micro_batch_size, self.accumulation_steps,
-            previous_lr, self.schedule[-1].b_noise, self.schedule[-1].b_noise_ci95,
-            f"loss rose {recent / before:.1f}× after the lr raise: lr back, held from now on",
-        ))
-        return StepUpdate(lr=previous_lr)
+        self.stopped = (f"loss rose {recent / before:.1f}× after the lr raise to {self.lr:.3g}: "
+                        f"back to B={previous_batch}, lr {previous_lr:.3g}; the lr has saturated")
+        self.batch_size, self.lr, self.current_lr = previous_batch, previous_lr, previous_lr
+        self.micro_batch_size, self.accumulation_steps = self._split(previous_batch)
+        last = self.schedule[-1]
+        self.schedule.append(ScheduleEntry(state.step, state.samples, previous_batch, self.micro_batch_size,
+                                           self.accumulation_steps, previous_lr, last.b_noise,
+                                           last.b_noise_ci95, self.stopped))
+        return StepUpdate(batch_size=previous_batch, accumulation_steps=self.accumulation_steps,
+                          lr=previous_lr)
 
     def _advance_ramp(self, step: int) -> StepUpdate | None:
         """The ramped lr for the next step, while a re-warmup is running."""
