@@ -342,7 +342,9 @@ def test_noise_scale_grows_as_the_loss_falls_on_digits() -> None:
 
     early, late = points[:quarter], points[-quarter:]
     assert sum(p.train_loss for p in late) < 0.5 * sum(p.train_loss for p in early)
-    assert pooled(late) > 2.0 * pooled(early)
+    # Growth, not its size, is the claim: on the shift-augmented digits task 480 steps see
+    # B_simple grow ~1.8× (the old, easier task: ~11×).
+    assert pooled(late) > 1.4 * pooled(early)
 
 
 # ---- variants, arguments, interruption, CLI --------------------------------------------------
