@@ -17,6 +17,7 @@ from typer.testing import CliRunner
 
 from batchsage import ConfigError, Task, TrainingHook, TrainState, plan
 from batchsage.adaptive import (
+    DECISION_BUDGET,
     AdaptiveBatch,
     AdaptiveBatchLoader,
     AdaptiveBatchSampler,
@@ -60,6 +61,7 @@ def _drive(controller: AdaptiveBatch, steps: int) -> list[int]:
     for _ in range(steps):
         controller.micro_batches(state, 1)
         state.step += 1
+        state.train_seconds += 1.0  # deciding must stay a small share of training time
         state.samples += state.batch_size
         update = controller.on_step_end(state)
         if update is not None and update.batch_size is not None:
@@ -141,6 +143,7 @@ def test_rewarmup_ramps_the_lr_linearly_after_a_change() -> None:
     for step in range(1, 5):
         controller.micro_batches(state, 1)
         state.step = step
+        state.train_seconds = float(step)
         update = controller.on_step_end(state)
         lrs.append(update.lr if update is not None else None)
     target = controller.schedule[1].lr
@@ -148,6 +151,7 @@ def test_rewarmup_ramps_the_lr_linearly_after_a_change() -> None:
     assert len(controller.schedule) == 2  # no decision while ramping
     controller.micro_batches(state, 1)
     state.step = 5
+    state.train_seconds = 5.0
     update = controller.on_step_end(state)  # one step ran at the ramp's end: decide again
     assert len(controller.schedule) == 3
     assert update is not None
@@ -194,9 +198,12 @@ def test_real_monitor_measures_and_decides(tiny_task: Task) -> None:
 
     controller = AdaptiveBatch.for_task(task, 16, 0.05, monitor=NoiseScaleMonitor(every=2),
                                         measurements_per_decision=4)
-    controller.train(task)
+    result = controller.train(task)
     assert controller.monitor.measurements > 20
-    assert len(controller.readings) >= 5
+    assert len(controller.readings) >= 2
+    # Deciding stays within its budget of the training time (give or take the decision that crossed it).
+    slowest = max(reading.seconds for reading in controller.readings)
+    assert controller.decision_seconds <= DECISION_BUDGET * result.train_seconds + slowest
     assert all(r.b_noise_low <= r.b_noise <= r.b_noise_high for r in controller.readings)
     sizes = [entry.batch_size for entry in controller.schedule]
     assert sizes == sorted(sizes)
@@ -376,6 +383,7 @@ def test_an_lr_raise_that_makes_the_loss_climb_is_undone_and_adapting_stops() ->
     def step(loss: float) -> Any:
         controller.micro_batches(state, 1)
         state.step += 1
+        state.train_seconds += 1.0  # deciding must stay a small share of training time
         state.last_loss = loss
         return controller.on_step_end(state)
 
@@ -402,6 +410,7 @@ def test_a_stable_lr_raise_is_kept() -> None:
     for index in range(20):
         controller.micro_batches(state, 1)
         state.step += 1
+        state.train_seconds += 1.0  # deciding must stay a small share of training time
         state.last_loss = 1.0 / (1 + index)  # falling loss
         controller.on_step_end(state)
     assert controller.stopped is None

@@ -104,6 +104,12 @@ DEFAULT_MEASURE_AFTER_STEPS = math.ceil(2 * (DEFAULT_MONITOR_MICRO_BATCHES - 1) 
 RECENT_FRACTION = 0.5
 #: Fewer measurements than this in the window: take the latest this many instead.
 MIN_RECENT_MEASUREMENTS = 4
+#: At most this many (the latest) measurements in the window: bounds one decision's bootstrap.
+MAX_RECENT_MEASUREMENTS = 256
+#: Deciding (a bootstrap over the window) may take at most this fraction of the training seconds so
+#: far; where the monitor measures nearly every step, this, not the measurement count, spaces the
+#: decisions, so their total cost stays proportional to the run instead of growing faster.
+DECISION_BUDGET = 0.01
 
 
 class NoiseSource(Protocol):
@@ -342,7 +348,9 @@ class AdaptiveBatch(TrainingHook):
             return guard_update
         ramping = self._ramp is not None  # no decision until a step has run at the ramp's end
         update = self._advance_ramp(state.step)
-        if not ramping and self.stopped is None and self.monitor.measurements >= self._next_decision:
+        affordable = self.decision_seconds <= DECISION_BUDGET * state.train_seconds
+        if (not ramping and self.stopped is None and affordable
+                and self.monitor.measurements >= self._next_decision):
             self._next_decision = self.monitor.measurements + self.measurements_per_decision
             started = time.perf_counter()
             update = self._decide(state) or update
@@ -595,7 +603,7 @@ def recent_estimate(monitor: Any, step: int) -> tuple[float, tuple[float, float]
             return None
         return estimate.b_simple, tuple(estimate.ci95)
     measurements = stats.measurements
-    recent = [m for m in measurements if m.step >= RECENT_FRACTION * step]
+    recent = [m for m in measurements if m.step >= RECENT_FRACTION * step][-MAX_RECENT_MEASUREMENTS:]
     if len(recent) < MIN_RECENT_MEASUREMENTS:
         recent = measurements[-MIN_RECENT_MEASUREMENTS:]
     trace_sigma = [m.trace_sigma for m in recent]
