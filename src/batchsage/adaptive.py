@@ -7,8 +7,9 @@ Rate, Increase the Batch Size"; Pollux, Qiao et al. 2021).
 
 :class:`AdaptiveBatch` is a :class:`~batchsage.training.TrainingHook` that owns a
 :class:`~batchsage.noise.NoiseScaleMonitor`. Every few new noise measurements it reads the
-current estimate, calibrates it (``B_noise = calibration · B_simple``: B_simple over-estimates
-the critical batch on classifiers, DESIGN.md pitfalls) and re-plans:
+current estimate, calibrates it (``B_noise = calibration · B_simple``: B_simple is off the
+critical batch by a task-dependent factor, DESIGN.md pitfalls; 1.0 unless a Recommendation
+measured it) and re-plans:
 
 - grow only, one step of ``growth_factor`` (default ×2) at a time, never beyond the data set;
 - hysteresis: grow only when the *lower* end of the 95 % interval of the calibrated noise scale
@@ -20,9 +21,15 @@ the critical batch on classifiers, DESIGN.md pitfalls) and re-plans:
   is limited by gradient noise, and a larger batch buys almost proportionally fewer steps);
 - the estimate is recent: the measurements since half the steps so far (:func:`recent_estimate`),
   as the noise scale grows roughly as a power of the step;
-- above the memory ceiling the batch runs as micro-batches × accumulation (:func:`plan.split_for_memory`);
-- the learning rate follows the recommender's rule :func:`plan.scaled_lr` anchored at the starting
-  (batch, lr), with the current noise estimate; optionally ramped over ``rewarmup_steps``.
+- above the memory ceiling the batch runs as micro-batches × accumulation
+  (:func:`plan.split_for_memory`);
+- the learning rate follows the recommender's rule :func:`plan.scaled_lr` with the current noise
+  estimate, relating the new batch to the batch and lr in use; optionally ramped over
+  ``rewarmup_steps``;
+- a raise of the lr that makes the training loss climb is undone (batch and lr) and the controller
+  stops: the lr has saturated, so the batch is past the critical batch;
+- the monitor starts measuring only after ``2·(m − 1)/budget`` steps, and deciding stays within
+  1 % of the training time, so short runs pay nothing and long ones a bounded share.
 
 Nothing is recompiled or restarted: the shared loop accepts a new batch size, accumulation and lr
 between steps, and its data stream never repeats a sample before every other one was seen.
