@@ -53,7 +53,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence, Sized
 from dataclasses import asdict, dataclass, replace
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -73,7 +73,6 @@ from batchsage.training import (
 )
 
 if TYPE_CHECKING:
-    from batchsage.noise import NoiseEstimate
     from batchsage.recommend import Recommendation
     from batchsage.task import LossFn, Task
 
@@ -117,15 +116,6 @@ MAX_RECENT_MEASUREMENTS = 256
 #: far; where the monitor measures nearly every step, this, not the measurement count, spaces the
 #: decisions, so their total cost stays proportional to the run instead of growing faster.
 DECISION_BUDGET = 0.01
-
-
-class NoiseSource(Protocol):
-    """What the controller needs from a noise monitor (a TrainingHook with an estimate)."""
-
-    @property
-    def measurements(self) -> int: ...
-
-    def estimate(self) -> NoiseEstimate | None: ...
 
 
 @dataclass(frozen=True)
@@ -178,7 +168,9 @@ class AdaptiveBatch(TrainingHook):
         dataset_size: the batch never grows beyond this (a step would repeat samples).
         calibration: B_noise = calibration · B_simple (default :data:`DEFAULT_CALIBRATION`).
         monitor: the noise monitor the controller drives (default: a new NoiseScaleMonitor);
-            pass only the controller in ``hooks``, never the monitor as well.
+            pass only the controller in ``hooks``, never the monitor as well. Any TrainingHook
+            with a ``measurements`` count and either ``statistics.measurements`` (the raw
+            measurements, see :func:`recent_estimate`) or ``estimate()`` will do.
         step_seconds: ``t(micro_batch)`` in seconds, e.g. from a throughput probe; enables the
             time rule, otherwise the batch follows the critical batch.
         growth_factor: each change multiplies the batch by this (≥ 1.5).
