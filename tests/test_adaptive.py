@@ -22,7 +22,6 @@ from batchsage.adaptive import (
     AdaptiveBatchLoader,
     AdaptiveBatchSampler,
     controller_for_run,
-    interpolate_step_seconds,
     recent_estimate,
 )
 from batchsage.cli import app
@@ -276,8 +275,8 @@ def test_from_recommendation_uses_its_calibration_ceiling_and_step_times(tiny_ta
     rec = SimpleNamespace(
         batch_size=32, lr=0.2, noise_scale=SimpleNamespace(calibration=0.25),
         memory={"max_batch_size": 64},
-        throughput=[{"batch_size": 16, "step_seconds_median": 0.01},
-                    {"batch_size": 64, "step_seconds_median": 0.02}],
+        throughput=[{"batch_size": 16, "step_seconds_median": 0.01, "samples_per_second": 1600.0},
+                    {"batch_size": 64, "step_seconds_median": 0.02, "samples_per_second": 3200.0}],
     )
     controller = AdaptiveBatch.from_recommendation(rec, tiny_task, monitor=FakeMonitor(lambda step: 10.0))
     assert (controller.batch_size, controller.lr, controller.calibration) == (32, 0.2, 0.25)
@@ -285,14 +284,6 @@ def test_from_recommendation_uses_its_calibration_ceiling_and_step_times(tiny_ta
     assert controller.lr_scaling == "linear"
     assert controller.step_seconds is not None
     assert controller.step_seconds(32) == pytest.approx(0.01 * 2**0.5)
-
-
-def test_interpolated_step_seconds_are_proportional_beyond_the_last_point() -> None:
-    step_seconds = interpolate_step_seconds([8, 32], [1.0, 2.0])
-    assert step_seconds(8) == pytest.approx(1.0)
-    assert step_seconds(16) == pytest.approx(2**0.5)
-    assert step_seconds(128) == pytest.approx(8.0)
-    assert step_seconds(2) == pytest.approx(1.0)
 
 
 @pytest.mark.parametrize(

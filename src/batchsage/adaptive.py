@@ -51,11 +51,10 @@ import math
 import statistics
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence, Sized
+from collections.abc import Callable, Iterator, Sized
 from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import Dataset, Sampler
@@ -288,9 +287,11 @@ class AdaptiveBatch(TrainingHook):
         if ceiling:
             options.setdefault("max_batch_size", int(ceiling))
         if rec.throughput:
-            options.setdefault("step_seconds", interpolate_step_seconds(
-                [p["batch_size"] for p in rec.throughput], [p["step_seconds_median"] for p in rec.throughput]
-            ))
+            from batchsage.probe.throughput import ThroughputCurve, ThroughputPoint
+
+            points = [ThroughputPoint(p["batch_size"], p["step_seconds_median"], p["samples_per_second"])
+                      for p in rec.throughput]
+            options.setdefault("step_seconds", ThroughputCurve(points).step_seconds)
         return cls.for_task(task, rec.batch_size, rec.lr, **options)
 
     # ---- running ----------------------------------------------------------------------------
@@ -627,28 +628,6 @@ def controller_for_run(task: Task, batch_size: int, lr: float, accumulation_step
 
         max_batch_size = probe_memory(task, device=device).max_batch_size
     return AdaptiveBatch.for_task(task, batch_size, lr, max_batch_size=max_batch_size)
-
-
-def interpolate_step_seconds(batch_sizes: Sequence[int], seconds: Sequence[float]) -> Callable[[int], float]:
-    """t(B) from measured points: linear in log-log between them, proportional to B beyond the last.
-
-    Below the smallest measured batch the step cannot be cheaper than the smallest measured step's
-    fixed cost, so it is held flat there.
-    """
-    points = sorted((int(b), float(s)) for b, s in zip(batch_sizes, seconds, strict=True)
-                    if math.isfinite(s) and s > 0)
-    if not points:
-        raise ConfigError("no finite step times to interpolate")
-    log_b = np.log([b for b, _ in points])
-    log_t = np.log([s for _, s in points])
-
-    def step_seconds(batch_size: int) -> float:
-        largest, slowest = points[-1]
-        if batch_size > largest:
-            return slowest * batch_size / largest
-        return float(np.exp(np.interp(math.log(batch_size), log_b, log_t)))
-
-    return step_seconds
 
 
 def _default_monitor() -> Any:
