@@ -5,9 +5,9 @@
 Protocol (docs/adaptive.md):
 
 1. The best fixed (B, lr): the ``best`` entry of the ground-truth results file when there is one
-   (benchmarks/groundtruth.py), else a small grid run here (powers of two from the task's base batch
-   × the linearly scaled lr × {½, 1, 2}, seed 0, each cut at ``--censor-factor`` × the best time
-   so far).
+   (benchmarks/groundtruth.py), else a small grid run here (powers of two from base/4 to base × 32,
+   × the scaled lr × {½, 1, 2}, seed 0, each cut at ``--censor-factor`` × the best time so far,
+   picked on the timed table of step 3).
 2. Per seed, in an order rotated from seed to seed: the best fixed (B, lr); the adaptive schedule
    started at that same (B, lr); the adaptive schedule started at the task's base (B, lr), the
    point a user starts from when nothing has been measured. The controller uses the calibration of
@@ -18,8 +18,11 @@ Protocol (docs/adaptive.md):
    interleaved round-robin over all kinds, plus the controller's decision seconds. It is the ground
    truth's protocol (steps × interleaved t(B)) extended to schedules whose batch changes: on a
    shared 2-core machine single runs swing by ±50 % with the load, and a kind run only early or
-   only late would otherwise carry that load. Instrumented steps (the noise monitor's micro-batches)
-   are timed as such, so the monitor's cost is counted.
+   only late would otherwise carry that load. The headline uses the training thread's CPU clock
+   (one torch thread: what the wall clock shows on an idle machine), because under load a long step
+   is stretched by other jobs while a short one often is not; the wall-clock table is reported too.
+   Instrumented steps (the noise monitor's micro-batches) are timed as such, so the monitor's cost
+   is counted.
 4. Median and spread (min–max) over seeds; ratio adaptive/fixed of the medians and per seed.
 
 The JSON is written after every run (atomically), so Ctrl-C leaves a valid partial file.
