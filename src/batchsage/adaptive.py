@@ -89,7 +89,9 @@ DEFAULT_MONITOR_OVERHEAD = 0.1
 LOSS_WINDOW = 16
 #: The guard looks at the median of this many losses since the raise ...
 GUARD_LOSSES = 5
-#: ... and calls the raise unstable when that median is this many times the median before it.
+#: ... and calls the raise unstable when that median is this many times the largest of the
+#: LOSS_WINDOW losses before it (the largest, not the median: a loss near zero fluctuates by
+#: factors from batch to batch, and those fluctuations must not look like a climb).
 #: The lr rule assumes the lr stays below the stability limit (≈ 2/λ_max for SGD), which the noise
 #: scale cannot see; a raise past it makes the loss grow geometrically, far beyond this factor
 #: within a few steps, while a stable raise after a larger batch lowers the loss. An lr that cannot
@@ -249,7 +251,7 @@ class AdaptiveBatch(TrainingHook):
         self.current_lr = float(lr)  # what the next step uses (differs during a ramp)
         self._ramp: tuple[int, float, float] | None = None  # (start step, from lr, to lr)
         self._losses: deque[float] = deque(maxlen=LOSS_WINDOW)
-        #: After an lr raise: (median loss before it, batch before, lr before, losses since).
+        #: After an lr raise: (largest recent loss before it, batch before, lr before, losses since).
         self._guard: tuple[float, int, float, int] | None = None
         #: Why the controller stopped (an lr raise made the loss climb), or None while it runs.
         self.stopped: str | None = None
@@ -406,7 +408,7 @@ class AdaptiveBatch(TrainingHook):
                                            self.accumulation_steps, lr, b_noise, ci95, "noise scale grew"))
         previous, self.lr = self.current_lr, lr
         raised = lr > previous and bool(self._losses)
-        self._guard = (statistics.median(self._losses), previous_batch, previous, 0) if raised else None
+        self._guard = (max(self._losses), previous_batch, previous, 0) if raised else None
         if self.rewarmup_steps > 0 and lr > previous:
             self._ramp = (state.step, previous, lr)
             self._advance_ramp(state.step)
