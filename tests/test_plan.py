@@ -144,3 +144,21 @@ def test_power_of_two_grid() -> None:
     assert plan.power_of_two_grid(1, 1) == [1]
     with pytest.raises(ValueError):
         plan.power_of_two_grid(0, 8)
+
+
+def test_lr_calibration_grows_geometrically_from_the_base_to_the_race_batch() -> None:
+    calibration = plan.LrCalibration(base_batch_size=32, batch_size=512, factor=4.0)
+    assert calibration(16) == 1.0 and calibration(32) == 1.0
+    assert calibration(128) == pytest.approx(2.0)  # halfway in log B: √4
+    assert calibration(512) == 4.0 and calibration(4096) == 4.0
+
+
+def test_lr_calibration_keeps_the_lr_below_one_that_diverged() -> None:
+    calibration = plan.LrCalibration(32, 256, factor=2.0, diverged_lr=3.2)
+    assert calibration.apply(256, 0.5) == pytest.approx(1.0)
+    assert calibration.apply(1024, 4.0) == pytest.approx(1.6)  # 8.0 would exceed 3.2 / 2
+    candidates = plan.plan_candidates(
+        [32, 256, 1024], s_min=100, b_noise=1e6, step_seconds=lambda b: 0.01, max_batch_size=4096,
+        base_batch_size=32, base_lr=0.2, scaling="linear", lr_calibration=calibration,
+    )
+    assert [c.lr for c in candidates] == pytest.approx([0.2, 1.6, 1.6])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -120,3 +121,57 @@ def test_cli_rejects_bad_budget(tmp_path: Path) -> None:
         app, ["recommend", "--task", "linreg", "--memory-budget", "0MiB", "--out", str(tmp_path)]
     )
     assert result.exit_code == 2
+
+
+def _fake_race(monkeypatch: pytest.MonkeyPatch, steps_at: Callable[[float], float | None]) -> list[float]:
+    """Replace each racer's training by ``steps_at(lr)`` (None: diverged); returns the lrs tried."""
+    from batchsage import recommend as module
+
+    tried: list[float] = []
+
+    def level_run(task: Task, device: Any, batch_size: int, lr: float, level: float, schedule: Any,
+                  seconds: float, max_steps: int | None = None) -> module.PilotRun:
+        tried.append(lr)
+        steps = steps_at(lr)
+        reached = steps is not None and (max_steps is None or steps <= max_steps)
+        ran = int(steps) if reached else (max_steps or 10)
+        history = [{"step": float(ran), "samples": 0.0, "train_seconds": 0.0,
+                    "metric": 0.9 if reached else 0.1, "train_loss": 0.0}]
+        return module.PilotRun(batch_size, lr, ran, 0.0, 0.0, False, history, diverged=steps is None)
+
+    monkeypatch.setattr(module, "_level_run", level_run)
+    return tried
+
+
+def _race(steps_at: Callable[[float], float | None],
+          monkeypatch: pytest.MonkeyPatch) -> tuple[float, list[float]]:
+    from batchsage import recommend as module
+
+    tried = _fake_race(monkeypatch, steps_at)
+    winner, records = module._race_lr(noisy_classification_task(), "cpu", 256, 1.0, 0.9, None,
+                                      seconds=1e9, max_steps=1000)
+    assert [r["lr"] for r in records] == tried
+    return winner.lr, tried
+
+
+def test_lr_race_goes_up_while_larger_lrs_are_as_fast_and_stops_at_divergence(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # 2× is a near-tie (short races under-rate larger lrs: ties go up), 4× diverges.
+    lr, tried = _race(lambda lr: {1.0: 100, 2.0: 105}.get(lr), monkeypatch)
+    assert lr == 2.0 and tried == [1.0, 2.0, 4.0]
+
+
+def test_lr_race_goes_down_only_when_clearly_faster(monkeypatch: pytest.MonkeyPatch) -> None:
+    lr, tried = _race(lambda lr: {1.0: 100, 2.0: 300, 0.5: 60, 0.25: 58}.get(lr), monkeypatch)
+    assert lr == 0.5 and tried == [1.0, 2.0, 0.5, 0.25]
+
+
+def test_recommendation_uses_the_lr_race_winner(recommendation: Recommendation) -> None:
+    race = recommendation.lr_race
+    calibration = recommendation.lr_calibration
+    assert race and calibration is not None
+    winner = recommendation.pilots[1]
+    assert winner.lr in [r["lr"] for r in race] and winner.batch_size == calibration["batch_size"]
+    at_race_batch = recommendation.candidate(calibration["batch_size"])
+    if at_race_batch is not None and calibration["diverged_lr"] is None:
+        assert at_race_batch.lr == pytest.approx(winner.lr)

@@ -61,6 +61,36 @@ def scaled_lr(
     return base_lr * (ratio if scaling == "linear" else math.sqrt(ratio))
 
 
+@dataclass(frozen=True)
+class LrCalibration:
+    """A measured correction to the lr rule: at ``batch_size`` the best lr was ``factor`` × the rule's.
+
+    The user's base lr anchors the rule at the base batch, but how far the lr may grow with the
+    batch is a property of the task (curvature, momentum, optimiser), so a short lr race at a
+    larger batch measures it. The factor is 1 at the base batch, reaches ``factor`` at the
+    measured batch (geometric interpolation in B) and stays there beyond it.
+    """
+
+    base_batch_size: int
+    batch_size: int
+    factor: float
+    #: The race saw training diverge (NaN/inf) at this lr: a curvature limit, whatever the batch.
+    diverged_lr: float | None = None
+
+    def apply(self, batch_size: float, rule_lr: float, step: float = 2.0) -> float:
+        """The rule's lr corrected by the factor, kept a ``step`` below an lr that diverged."""
+        lr = rule_lr * self(batch_size)
+        return lr if self.diverged_lr is None else min(lr, self.diverged_lr / step)
+
+    def __call__(self, batch_size: float) -> float:
+        if batch_size <= self.base_batch_size or self.batch_size <= self.base_batch_size:
+            return 1.0
+        if batch_size >= self.batch_size:
+            return self.factor
+        share = math.log(batch_size / self.base_batch_size) / math.log(self.batch_size / self.base_batch_size)
+        return float(self.factor**share)
+
+
 def warmup_steps_for(lr: float, base_lr: float, predicted_steps: float, fraction: float = 0.05) -> int:
     """Linear warmup (Goyal et al. 2017) when the lr is scaled above the user's base lr.
 
@@ -112,13 +142,14 @@ def plan_candidates(
     base_lr: float,
     scaling: LrScaling,
     lr_b_noise: float | None = None,
+    lr_calibration: LrCalibration | None = None,
 ) -> list[Candidate]:
     """Predict steps, lr, step time and time-to-target for each batch size.
 
     ``step_seconds(micro_batch_size)`` is the measured time of one forward/backward/step at that
     micro-batch; a batch beyond the memory ceiling is run as micro-batches, so its step costs
     ``accumulation × t(micro)``. ``lr_b_noise`` is the noise scale the lr rule uses (default
-    ``b_noise``).
+    ``b_noise``); ``lr_calibration`` multiplies the rule's lr by what an lr race measured.
     """
     lr_noise = b_noise if lr_b_noise is None else lr_b_noise
     candidates = []
@@ -127,6 +158,8 @@ def plan_candidates(
         seconds_per_step = accumulation * step_seconds(micro)
         steps = steps_to_target(batch_size, s_min, b_noise)
         lr = scaled_lr(batch_size, base_batch_size, base_lr, scaling, lr_noise)
+        if lr_calibration is not None:
+            lr = lr_calibration.apply(batch_size, lr)
         candidates.append(
             Candidate(
                 batch_size=batch_size,

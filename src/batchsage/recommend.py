@@ -51,6 +51,7 @@ class PilotRun:
     wall_seconds: float
     reached_target: bool
     history: list[dict[str, float]]
+    diverged: bool = False
 
     @classmethod
     def from_result(cls, result: TrainResult, wall_seconds: float) -> PilotRun:
@@ -61,6 +62,7 @@ class PilotRun:
             train_seconds=result.train_seconds,
             wall_seconds=wall_seconds,
             reached_target=result.reached_target,
+            diverged=result.diverged,
             history=[
                 {"step": p.step, "samples": p.samples, "train_seconds": p.train_seconds,
                  "metric": p.metric, "train_loss": p.train_loss}
@@ -103,6 +105,8 @@ class Recommendation:
     memory: dict[str, Any]
     throughput: list[dict[str, Any]]
     pilots: list[PilotRun]
+    lr_race: list[dict[str, Any]]
+    lr_calibration: dict[str, Any] | None
     explanation: str
     decision_seconds: float
     phase_seconds: dict[str, float]
@@ -147,6 +151,8 @@ class Recommendation:
             "memory": self.memory,
             "throughput": self.throughput,
             "pilots": [asdict(p) for p in self.pilots],
+            "lr_race": self.lr_race,
+            "lr_calibration": self.lr_calibration,
             "explanation": self.explanation,
             "decision_seconds": self.decision_seconds,
             "phase_seconds": self.phase_seconds,
@@ -257,9 +263,11 @@ def recommend(
         pilot_a, monitor = _pilot_a(loaded, dev, ceiling, schedule)
     noise = _noise_from_monitor(monitor)
     with phases.phase("pilot_b", "pilot runs at larger batches, calibrating the critical batch"):
-        larger_pilots = _larger_pilots(loaded, dev, ceiling, pilot_a, noise, schedule)
+        larger = _larger_pilots(loaded, dev, ceiling, pilot_a, noise, schedule)
+    larger_pilots = larger.pilots
     pilot_b = larger_pilots[-1] if larger_pilots else None
     fitted = fit_plan_parameters(loaded, pilot_a, pilot_b, noise)
+    lr_calibration = _lr_calibration(loaded, larger.race_winner, fitted.b_noise, larger.diverged_lr)
     candidates = plan.plan_candidates(
         grid,
         s_min=fitted.s_min,
@@ -269,6 +277,7 @@ def recommend(
         base_batch_size=loaded.base_batch_size,
         base_lr=loaded.base_lr,
         scaling=loaded.resolved_lr_scaling(),
+        lr_calibration=lr_calibration,
     )
     chosen = plan.choose(candidates, tolerance)
     decision_seconds = time.perf_counter() - started
@@ -297,6 +306,8 @@ def recommend(
             for p in throughput.points
         ],
         pilots=[pilot_a, *larger_pilots],
+        lr_race=larger.race,
+        lr_calibration=asdict(lr_calibration) if lr_calibration else None,
         explanation="",
         decision_seconds=decision_seconds,
         phase_seconds=phases.seconds,
@@ -410,17 +421,33 @@ def _noise_from_monitor(monitor: Any) -> NoiseSummary:
     )
 
 
+@dataclass
+class LargerPilots:
+    """The pilots at larger batches, and what the lr race among them measured."""
+
+    pilots: list[PilotRun]
+    race: list[dict[str, Any]]
+    #: (batch size, lr) that won the lr race, if one ran.
+    race_winner: tuple[int, float] | None
+    #: The smallest lr whose racer diverged, if any.
+    diverged_lr: float | None = None
+
+
 def _larger_pilots(task: Task, device: Any, ceiling: int, pilot_a: PilotRun, noise: NoiseSummary,
-                   schedule: _PilotSchedule) -> list[PilotRun]:
+                   schedule: _PilotSchedule) -> LargerPilots:
     """Pilots at PILOT_BATCH_FACTOR× larger batches until scaling stops looking perfect.
 
-    Each runs until it reaches the best level pilot A reached. If the step counts say the critical
-    batch lies beyond the larger batch (scaling still perfect there), the next pilot goes a factor
-    further, while memory, data and the time budget allow.
+    Each runs until it reaches the best level pilot A reached. The first larger batch races a few
+    learning rates around the rule's (:func:`_race_lr`): the fastest sets the lr correction for
+    every larger batch and is the pilot B that measures the critical batch. If the step counts say
+    the critical batch lies beyond the larger batch (scaling still perfect there), the next pilot
+    goes a factor further, while memory, data and the time budget allow.
     """
     pilots: list[PilotRun] = []
+    race: list[dict[str, Any]] = []
+    calibration: plan.LrCalibration | None = None
     if not pilot_a.history:
-        return pilots
+        return LargerPilots(pilots, race, None)
     _, metrics = pilot_a.steps_and_metrics()
     level = _best(metrics, task.higher_is_better)
     remaining = schedule.seconds
@@ -429,19 +456,123 @@ def _larger_pilots(task: Task, device: Any, ceiling: int, pilot_a: PilotRun, noi
         large = min(ceiling, previous * PILOT_BATCH_FACTOR, task.num_train_samples // 2)
         if large <= previous:
             break
-        lr = plan.scaled_lr(large, task.base_batch_size, task.base_lr, task.resolved_lr_scaling(),
-                            noise.b_simple)
+        rule_lr = plan.scaled_lr(large, task.base_batch_size, task.base_lr, task.resolved_lr_scaling(),
+                                 noise.b_simple)
         start = time.perf_counter()
-        result = train(task, large, lr, device=device, **schedule.train_kwargs(large, remaining),
-                       hooks=[_StopAtLevel(task, level)])
-        pilot = PilotRun.from_result(result, time.perf_counter() - start)
+        if calibration is None:
+            # The race starts from plain linear (SGD) / square-root (Adam) scaling: the noise
+            # saturation needs a B_noise not yet calibrated, and the race finds any saturation.
+            # A larger batch never needs more steps than the base batch for the same level, so
+            # no racer runs past pilot A's steps; the race may take twice a pilot's time.
+            start_lr = plan.scaled_lr(large, task.base_batch_size, task.base_lr,
+                                      task.resolved_lr_scaling())
+            steps_a = _steps_to(task, pilot_a, level)
+            cap = None if math.isinf(steps_a) else math.ceil(steps_a)
+            pilot, race = _race_lr(task, device, large, start_lr, level, schedule,
+                                   remaining + schedule.seconds, cap)
+            calibration = plan.LrCalibration(pilot_a.batch_size, large, pilot.lr / rule_lr,
+                                             _diverged_lr(race))
+        else:
+            pilot = _level_run(task, device, large, calibration.apply(large, rule_lr), level,
+                               schedule, remaining)
+        remaining -= time.perf_counter() - start
+        if pilot.diverged:  # says nothing about the critical batch; the lr was too large there
+            break
         pilots.append(pilot)
-        remaining -= pilot.wall_seconds
         b_crit, _ = _critical_batch(task, pilot_a, pilot)
-        if b_crit is None or b_crit < large or result.diverged:
+        if b_crit is None or b_crit < large or not pilot.history:
             break
         previous = large
-    return pilots
+    winner = (race[0]["batch_size"], pilots[0].lr) if race and pilots else None
+    return LargerPilots(pilots, race, winner, _diverged_lr(race))
+
+
+#: The lr race multiplies or divides the rule's lr by this factor per round, up to LR_RACE_ROUNDS.
+LR_RACE_STEP = 2.0
+LR_RACE_ROUNDS = 3
+#: A larger lr must reach the level in this fraction of the steps to win (one seed is noisy; ties
+#: go to the rule).
+LR_RACE_MARGIN = 0.9
+
+
+def _race_lr(task: Task, device: Any, batch_size: int, start_lr: float, level: float,
+             schedule: _PilotSchedule, seconds: float,
+             max_steps: int | None) -> tuple[PilotRun, list[dict[str, Any]]]:
+    """Which lr to train ``batch_size`` with: ``start_lr`` or it ×/÷ LR_RACE_STEP, up to LR_RACE_ROUNDS times.
+
+    Each racer trains until it reaches ``level``. Going up, a larger lr wins when it reaches the
+    level within 1/LR_RACE_MARGIN of the fewest steps so far: a race this short is biased towards
+    small learning rates (Wu et al. 2018, "short-horizon bias"), so near-ties go to the larger lr.
+    If the first step up loses, the lr goes down while each step down is clearly faster (fewer than
+    LR_RACE_MARGIN × the best steps). A racer is cut once it can no longer win, so the race costs
+    little more than one pilot. Returns the winning run and every racer's record.
+    """
+    started = time.perf_counter()
+
+    def left() -> float:
+        return seconds - (time.perf_counter() - started)
+
+    leader = _level_run(task, device, batch_size, start_lr, level, schedule, seconds, max_steps)
+    best_steps = _steps_to(task, leader, level)
+    records = [_race_record(leader, start_lr, best_steps)]
+    for direction, allowance in ((LR_RACE_STEP, 1.0 / LR_RACE_MARGIN), (1.0 / LR_RACE_STEP, LR_RACE_MARGIN)):
+        moved = False
+        lr = leader.lr
+        for _ in range(LR_RACE_ROUNDS):
+            lr *= direction
+            if left() <= 0.05 * seconds:
+                break
+            cap = max_steps if math.isinf(best_steps) else math.ceil(allowance * best_steps)
+            challenger = _level_run(task, device, batch_size, lr, level, schedule, left(), cap)
+            steps = _steps_to(task, challenger, level)
+            records.append(_race_record(challenger, start_lr, steps))
+            if not steps < allowance * best_steps:
+                break
+            leader, best_steps, moved = challenger, min(best_steps, steps), True
+        if moved:  # the lr went up: no need to look down
+            break
+    return leader, records
+
+
+def _diverged_lr(race: list[dict[str, Any]]) -> float | None:
+    return min((r["lr"] for r in race if r["diverged"]), default=None)
+
+
+def _lr_calibration(task: Task, race_winner: tuple[int, float] | None, b_noise: float,
+                    diverged_lr: float | None) -> plan.LrCalibration | None:
+    """The race winner's lr ÷ the lr the plan's rule gives at that batch (with the fitted B_noise)."""
+    if race_winner is None:
+        return None
+    batch_size, lr = race_winner
+    rule_lr = plan.scaled_lr(batch_size, task.base_batch_size, task.base_lr, task.resolved_lr_scaling(),
+                             b_noise)
+    return plan.LrCalibration(min(task.base_batch_size, batch_size), batch_size, lr / rule_lr,
+                              diverged_lr)
+
+
+def _race_record(run: PilotRun, start_lr: float, steps: float) -> dict[str, Any]:
+    return {"batch_size": run.batch_size, "lr": run.lr, "lr_factor_vs_start": run.lr / start_lr,
+            "steps_to_level": None if math.isinf(steps) else steps, "steps_run": run.steps,
+            "diverged": run.diverged,
+            "seconds": run.wall_seconds}
+
+
+def _level_run(task: Task, device: Any, batch_size: int, lr: float, level: float,
+               schedule: _PilotSchedule, seconds: float, max_steps: int | None = None) -> PilotRun:
+    """Train at (batch_size, lr) until ``level`` is reached, ``max_steps`` or ``seconds`` pass."""
+    kwargs = schedule.train_kwargs(batch_size, seconds)
+    if max_steps is not None:
+        kwargs["max_samples"] = max_steps * batch_size
+    start = time.perf_counter()
+    result = train(task, batch_size, lr, device=device, hooks=[_StopAtLevel(task, level)], **kwargs)
+    return PilotRun.from_result(result, time.perf_counter() - start)
+
+
+def _steps_to(task: Task, run: PilotRun, level: float) -> float:
+    """Steps ``run`` needed to reach ``level`` (interpolated between validations); inf if never."""
+    steps, metrics = run.steps_and_metrics()
+    reached = fit.steps_to_level(steps, metrics, level, task.higher_is_better)
+    return float(reached) if reached is not None and reached > 0 else math.inf
 
 
 def _best(metrics: list[float], higher_is_better: bool) -> float:
@@ -547,6 +678,12 @@ def explain(rec: Recommendation, ceiling: int, base_batch_size: int) -> str:
         "halving the batch almost doubles the steps needed, above it extra samples per step are "
         "mostly wasted."
     )
+    calibration = rec.lr_calibration
+    if calibration is not None and abs(math.log2(calibration["factor"])) > 0.01:
+        parts.append(
+            f"A short lr race at B={calibration['batch_size']} found {calibration['factor']:.3g}× the "
+            "rule's learning rate fastest, so the lr of larger batches is scaled by that much."
+        )
     saturating = _throughput_saturation(rec.throughput)
     if saturating is not None:
         parts.append(
