@@ -78,6 +78,8 @@ class Settings:
     lr_multipliers: tuple[float, ...] = LR_MULTIPLIERS
     censor_factor: float = 3.0
     grid_cut_factor: float = 1.5
+    #: Strategies whose saved decision is discarded and made again on this run.
+    redecide: tuple[str, ...] = ()
     recommend_budget_seconds: float | None = None
     strategies: tuple[str, ...] = strategies.STRATEGIES
     progress: bool = True
@@ -198,6 +200,11 @@ def memory_ceiling(task: Task, settings: Settings) -> tuple[int, dict[str, Any]]
 def make_decisions(task: Task, settings: Settings, state: State, console: Console) -> dict[str, Choice]:
     """Every strategy's timed choice; each is saved as soon as it is made and never re-made."""
     decisions = state.decisions
+    for name in settings.redecide:
+        if decisions.get("choices", {}).pop(name, None) is not None:
+            console.print(f"[bold]discarding[/] {name}'s saved decision (--redecide)")
+        if name == "batchsage":
+            decisions.pop("recommendation", None)
     if "ceiling" not in decisions:
         with console.status("probing the memory ceiling"):
             ceiling, memory = memory_ceiling(task, settings)
@@ -901,10 +908,14 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, S
     parser.add_argument("--lr-extensions", type=int, default=2,
                         help="times the lr range may be widened where a near-best B's best lr is "
                              "at its edge (0: the fixed grid only)")
+    parser.add_argument("--redecide", default="",
+                        help="comma-separated strategies whose saved decision is made again (e.g. "
+                             "batchsage after a change to the recommender); the grid is kept")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     names = tuple(n.strip() for n in args.strategies.split(",") if n.strip())
-    unknown = sorted(set(names) - set(strategies.STRATEGIES))
+    redecide = tuple(n.strip() for n in args.redecide.split(",") if n.strip())
+    unknown = sorted((set(names) | set(redecide)) - set(strategies.STRATEGIES))
     if unknown:
         raise ConfigError(f"unknown strategies {unknown}: choose from {', '.join(strategies.STRATEGIES)}")
     if args.seeds < 1:
@@ -917,7 +928,7 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, S
         recommend_budget_seconds=args.recommend_budget_seconds,
         strategies=names, progress=not args.no_progress, storage_dir=args.storage_dir,
         threads=args.threads or None, timing_rounds=args.timing_rounds,
-        lr_extensions=args.lr_extensions,
+        lr_extensions=args.lr_extensions, redecide=redecide,
     )
     return args, settings
 
