@@ -205,8 +205,8 @@ def test_real_monitor_measures_and_decides(tiny_task: Task) -> None:
     assert controller.decision_seconds <= DECISION_BUDGET * result.train_seconds + slowest
     assert all(r.b_noise_low <= r.b_noise <= r.b_noise_high for r in controller.readings)
     for previous, entry in itertools.pairwise(controller.schedule):
-        if entry.batch_size < previous.batch_size:  # an undone lr raise: the last change there is
-            assert entry is controller.schedule[-1] and controller.stopped == entry.reason
+        if entry.batch_size == previous.batch_size:  # an undone lr raise: the lr goes back, capped
+            assert controller.lr_cap is not None and entry.lr == pytest.approx(controller.lr_cap)
         else:
             assert entry.batch_size == 2 * previous.batch_size
 
@@ -372,7 +372,7 @@ def test_controller_for_run_probes_memory_without_a_ceiling(tiny_task: Task,
     assert len(calls) == 1  # a given ceiling is not probed
 
 
-def test_an_lr_raise_that_makes_the_loss_climb_is_undone_and_adapting_stops() -> None:
+def test_an_lr_raise_that_makes_the_loss_climb_is_undone_and_the_lr_capped_while_the_batch_grows() -> None:
     monitor = FakeMonitor(lambda step: 1e4)
     controller = AdaptiveBatch(16, 0.1, monitor=monitor, measurements_per_decision=10)
     state = TrainState(batch_size=16, lr=0.1)
@@ -391,14 +391,15 @@ def test_an_lr_raise_that_makes_the_loss_climb_is_undone_and_adapting_stops() ->
     for loss in (1.5, 3.0, 5.0, 9.0):
         assert step(loss) is None  # fewer than GUARD_LOSSES losses since the raise: wait
     undone = step(20.0)  # median of the last five, 5.0, is above 2 × 1.0 (the largest before)
-    assert undone is not None
-    assert (undone.batch_size, undone.lr) == (16, pytest.approx(0.1))
-    assert controller.stopped is not None and "saturated" in controller.stopped
-    assert (controller.batch_size, controller.current_lr) == (16, pytest.approx(0.1))
-    assert controller.schedule[-1].reason == controller.stopped
-    measured = monitor.measurements
-    assert all(step(1.0) is None for _ in range(30))  # no more decisions ...
-    assert monitor.measurements == measured  # ... and no more measurements
+    assert undone is not None and undone.batch_size is None  # the batch stays at 32
+    assert undone.lr == pytest.approx(0.1) and controller.lr_cap == pytest.approx(0.1)
+    assert (controller.batch_size, controller.current_lr) == (32, pytest.approx(0.1))
+    assert "capped" in controller.schedule[-1].reason
+    updates = [step(1.0) for _ in range(30)]  # the noise scale still says grow: at the capped lr
+    grown_again = [u for u in updates if u is not None and u.batch_size is not None]
+    assert grown_again and grown_again[0].batch_size == 64
+    assert all(u.lr == pytest.approx(0.1) for u in grown_again)
+    assert "lr capped at 0.1" in controller.describe()
 
 
 def test_a_stable_lr_raise_is_kept() -> None:
@@ -410,5 +411,5 @@ def test_a_stable_lr_raise_is_kept() -> None:
         state.train_seconds += 1.0  # deciding must stay a small share of training time
         state.last_loss = 1.0 / (1 + index)  # falling loss
         controller.on_step_end(state)
-    assert controller.stopped is None
+    assert controller.lr_cap is None
     assert controller.current_lr > 0.1

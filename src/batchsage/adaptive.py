@@ -26,8 +26,11 @@ measured it) and re-plans:
 - the learning rate follows the recommender's rule :func:`plan.scaled_lr` with the current noise
   estimate, relating the new batch to the batch and lr in use; optionally ramped over
   ``rewarmup_steps``;
-- a raise of the lr that makes the training loss climb is undone (batch and lr) and the controller
-  stops: the lr has saturated, so the batch is past the critical batch;
+- a raise of the lr that makes the training loss climb is undone and the lr is capped there for
+  the rest of the run: it hit the stability limit (≈ 2/λ_max for SGD), which the noise scale
+  cannot see. The larger batch is kept and the batch goes on growing with the noise scale at the
+  capped lr: at a fixed lr a larger batch only lowers the gradient noise, which is what "increase
+  the batch size instead of decaying the lr" (Smith et al. 2018) relies on;
 - the monitor starts measuring only after ``2·(m − 1)/budget`` steps, and deciding stays within
   1 % of the training time, so short runs pay nothing and long ones a bounded share.
 
@@ -95,9 +98,8 @@ GUARD_LOSSES = 5
 #: The lr rule assumes the lr stays below the stability limit (≈ 2/λ_max for SGD), which the noise
 #: scale cannot see; a raise past it makes the loss grow geometrically, far beyond this factor
 #: within a few steps, while a stable raise after a larger batch lowers the loss. An lr that cannot
-#: rise means the lr has saturated at ε_max: the batch is past the critical batch, where by
-#: S(B) = S_min·(1 + B_noise/B) more samples per step no longer buy fewer steps (B_simple
-#: over-estimates B_crit when curvature differs across directions, McCandlish et al. §2.2).
+#: rise has reached the stability limit, whatever the batch: the lr is capped there, and the batch
+#: may still grow (it lowers the noise at that lr and never destabilises it).
 GUARD_FACTOR = 2.0
 #: Micro-batches of a measured step of the controller's monitor (the monitor's default, ≥ 8 keeps
 #: the per-step estimate stable, DESIGN.md pitfalls).
@@ -251,10 +253,10 @@ class AdaptiveBatch(TrainingHook):
         self.current_lr = float(lr)  # what the next step uses (differs during a ramp)
         self._ramp: tuple[int, float, float] | None = None  # (start step, from lr, to lr)
         self._losses: deque[float] = deque(maxlen=LOSS_WINDOW)
-        #: After an lr raise: (largest recent loss before it, batch before, lr before, losses since).
-        self._guard: tuple[float, int, float, int] | None = None
-        #: Why the controller stopped (an lr raise made the loss climb), or None while it runs.
-        self.stopped: str | None = None
+        #: After an lr raise: (largest recent loss before it, lr before, losses since).
+        self._guard: tuple[float, float, int] | None = None
+        #: The lr found unstable-adjacent: an lr raise above it made the loss climb (None: not hit).
+        self.lr_cap: float | None = None
         self._next_decision = measurements_per_decision
         #: Seconds spent deciding (reading the estimate and its interval); the training loop's step
         #: clock does not include hooks, so this is the controller's overhead on top of the monitor's.
@@ -316,8 +318,9 @@ class AdaptiveBatch(TrainingHook):
             last = self.readings[-1] if self.readings else None
             noise = f", last B_noise ≈ {last.b_noise:.0f}" if last else ", no noise estimate yet"
             return f"adaptive batch: stayed at {steps[0]}{noise}"
-        stopped = f" (stopped: {self.stopped})" if self.stopped else ""
-        return "adaptive batch: " + " → ".join(steps) + stopped
+        capped = (f" (lr capped at {self.lr_cap:.3g}: a raise above it made the loss climb)"
+                  if self.lr_cap else "")
+        return "adaptive batch: " + " → ".join(steps) + capped
 
     def schedule_dicts(self) -> list[dict[str, Any]]:
         """The schedule as JSON-ready dicts (``step``, ``batch_size``, ``lr``, ``b_noise``, ...)."""
@@ -327,7 +330,7 @@ class AdaptiveBatch(TrainingHook):
 
     def micro_batches(self, state: TrainState, accumulation_steps: int) -> int:
         # The monitor sees only the steps from measure_after_steps on (its step count starts there).
-        self._monitoring = self.stopped is None and state.step >= self.measure_after_steps
+        self._monitoring = state.step >= self.measure_after_steps
         if not self._monitoring:
             return accumulation_steps
         return max(accumulation_steps, self.monitor.micro_batches(state, accumulation_steps))
@@ -351,7 +354,7 @@ class AdaptiveBatch(TrainingHook):
         ramping = self._ramp is not None  # no decision until a step has run at the ramp's end
         update = self._advance_ramp(state.step)
         affordable = self.decision_seconds <= DECISION_BUDGET * state.train_seconds
-        if (not ramping and self.stopped is None and affordable
+        if (not ramping and affordable
                 and self.monitor.measurements >= self._next_decision):
             self._next_decision = self.monitor.measurements + self.measurements_per_decision
             started = time.perf_counter()
@@ -401,14 +404,15 @@ class AdaptiveBatch(TrainingHook):
               ci95: tuple[float, float]) -> StepUpdate:
         anchor_batch, anchor_lr = self.base_batch_size or self.batch_size, self.base_lr or self.lr
         lr = plan.scaled_lr(batch_size, anchor_batch, anchor_lr, self.lr_scaling, b_noise)
-        previous_batch = self.batch_size
+        if self.lr_cap is not None:
+            lr = min(lr, self.lr_cap)
         self.batch_size = batch_size
         self.micro_batch_size, self.accumulation_steps = self._split(batch_size)
         self.schedule.append(ScheduleEntry(state.step, state.samples, batch_size, self.micro_batch_size,
                                            self.accumulation_steps, lr, b_noise, ci95, "noise scale grew"))
         previous, self.lr = self.current_lr, lr
         raised = lr > previous and bool(self._losses)
-        self._guard = (max(self._losses), previous_batch, previous, 0) if raised else None
+        self._guard = (max(self._losses), previous, 0) if raised else None
         if self.rewarmup_steps > 0 and lr > previous:
             self._ramp = (state.step, previous, lr)
             self._advance_ramp(state.step)
@@ -418,33 +422,28 @@ class AdaptiveBatch(TrainingHook):
                           lr=self.current_lr)
 
     def _watch_loss(self, state: TrainState) -> StepUpdate | None:
-        """After an lr raise: if the loss climbs, undo the change (batch and lr) and stop adapting.
-
-        The only way back to a smaller batch: an undone change, never a lower estimate.
-        """
+        """After an lr raise: if the loss climbs, the lr goes back and is capped there; the batch stays."""
         if not math.isfinite(state.last_loss):
             return None
         self._losses.append(state.last_loss)
         if self._guard is None:
             return None
-        before, previous_batch, previous_lr, since = self._guard
-        self._guard = (before, previous_batch, previous_lr, since + 1)
+        before, previous_lr, since = self._guard
+        self._guard = (before, previous_lr, since + 1)
         if since + 1 < GUARD_LOSSES:
             return None
         recent = statistics.median(list(self._losses)[-GUARD_LOSSES:])
         if recent <= GUARD_FACTOR * before:
             return None
         self._guard, self._ramp = None, None
-        self.stopped = (f"loss rose {recent / before:.1f}× after the lr raise to {self.lr:.3g}: "
-                        f"back to B={previous_batch}, lr {previous_lr:.3g}; the lr has saturated")
-        self.batch_size, self.lr, self.current_lr = previous_batch, previous_lr, previous_lr
-        self.micro_batch_size, self.accumulation_steps = self._split(previous_batch)
+        reason = (f"loss rose {recent / before:.1f}× after the lr raise to {self.lr:.3g}: lr back to "
+                  f"{previous_lr:.3g} and capped there (stability limit); B={self.batch_size} kept")
+        self.lr_cap = self.lr = self.current_lr = previous_lr
         last = self.schedule[-1]
-        self.schedule.append(ScheduleEntry(state.step, state.samples, previous_batch, self.micro_batch_size,
+        self.schedule.append(ScheduleEntry(state.step, state.samples, self.batch_size, self.micro_batch_size,
                                            self.accumulation_steps, previous_lr, last.b_noise,
-                                           last.b_noise_ci95, self.stopped))
-        return StepUpdate(batch_size=previous_batch, accumulation_steps=self.accumulation_steps,
-                          lr=previous_lr)
+                                           last.b_noise_ci95, reason))
+        return StepUpdate(lr=previous_lr)
 
     def _advance_ramp(self, step: int) -> StepUpdate | None:
         """The ramped lr for the next step, while a re-warmup is running."""
