@@ -490,6 +490,9 @@ def _larger_pilots(task: Task, device: Any, ceiling: int, pilot_a: PilotRun, noi
 #: The lr race multiplies or divides the rule's lr by this factor per round, up to LR_RACE_ROUNDS.
 LR_RACE_STEP = 2.0
 LR_RACE_ROUNDS = 3
+#: The race may take at least this many times its first racer's wall time (so that, on a task
+#: whose steps are expensive, the first challengers still run: each costs at most the first racer).
+LR_RACE_MIN_RACERS = 3.0
 #: A larger lr must reach the level in this fraction of the steps to win (one seed is noisy; ties
 #: go to the rule).
 LR_RACE_MARGIN = 0.9
@@ -504,16 +507,18 @@ def _race_lr(task: Task, device: Any, batch_size: int, start_lr: float, level: f
     level within 1/LR_RACE_MARGIN of the fewest steps so far: a race this short is biased towards
     small learning rates (Wu et al. 2018, "short-horizon bias"), so near-ties go to the larger lr.
     If the first step up loses, the lr goes down while each step down is clearly faster (fewer than
-    LR_RACE_MARGIN × the best steps). A racer is cut once it can no longer win, so the race costs
-    little more than one pilot. Returns the winning run and every racer's record.
+    LR_RACE_MARGIN × the best steps). A racer is cut once it can no longer win, so each challenger
+    costs at most what the first racer did; the race takes ``seconds`` or LR_RACE_MIN_RACERS × the
+    first racer's time, whichever is longer. Returns the winning run and every racer's record.
     """
     started = time.perf_counter()
-
-    def left() -> float:
-        return seconds - (time.perf_counter() - started)
-
     leader = _level_run(task, device, batch_size, start_lr, level, schedule, seconds, max_steps)
     best_steps = _steps_to(task, leader, level)
+    budget = max(seconds, LR_RACE_MIN_RACERS * leader.wall_seconds)
+
+    def left() -> float:
+        return budget - (time.perf_counter() - started)
+
     records = [_race_record(leader, start_lr, best_steps)]
     for direction, allowance in ((LR_RACE_STEP, 1.0 / LR_RACE_MARGIN), (1.0 / LR_RACE_STEP, LR_RACE_MARGIN)):
         moved = False
