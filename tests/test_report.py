@@ -235,3 +235,23 @@ def test_render_report_rejects_bad_files(tmp_path: Path, content: str) -> None:
         render_report(json_path)
     with pytest.raises(BatchsageError, match="not found"):
         render_report(tmp_path / "missing.json")
+
+
+def test_lr_race_rows_mark_the_winner_and_how_each_racer_ended() -> None:
+    from batchsage.report.html import _race_rows
+
+    document = {
+        "pilots": [{"batch_size": 32, "lr": 0.01}, {"batch_size": 256, "lr": 0.16}],
+        "lr_calibration": {"batch_size": 256, "factor": 2.0},
+        "lr_race": [
+            {"batch_size": 256, "lr": 0.08, "lr_factor_vs_start": 1.0, "steps_to_level": 100.0,
+             "diverged": False, "seconds": 2.0},
+            {"batch_size": 256, "lr": 0.16, "lr_factor_vs_start": 2.0, "steps_to_level": 95.0,
+             "diverged": False, "seconds": 1.5},
+            {"batch_size": 256, "lr": 0.32, "lr_factor_vs_start": 4.0, "steps_to_level": None,
+             "diverged": True, "seconds": 0.1},
+        ],
+    }
+    rows = _race_rows(document)
+    assert [row[-1] for row in rows] == ["", "◀ chosen", ""]
+    assert rows[0][3] == "100" and rows[2][3] == "diverged"

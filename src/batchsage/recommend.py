@@ -6,13 +6,17 @@ The flow is one-way (DESIGN.md): task → measurements (memory, t(B), noise) →
 2. Pilot A: train at the task's base batch size and lr with the noise-scale monitor attached. It
    gives the validation curve (steps to target, measured or extrapolated) and the simple noise
    scale B_simple with its growth along the run.
-3. Pilot B: train at a batch several times larger (lr by the same rule) until it reaches the level
-   pilot A reached. The steps both needed for that level give the critical batch B_crit at that
-   point of training, which calibrates B_simple (it over-estimates B_crit 2–8×; DESIGN.md pitfalls).
+3. Pilot B: train at a batch several times larger until it reaches the level pilot A reached. Its
+   learning rate comes from a short race (plain linear/square-root scaling from the base lr, then
+   ×2 while the larger lr is as fast, or ÷2 while the smaller is clearly faster): the user's base
+   lr anchors only the base batch; how far the lr may grow with the batch is measured. The
+   winner's steps and pilot A's give the critical batch B_crit at that point of training, which
+   calibrates B_simple (it over-estimates B_crit 2–8×; DESIGN.md pitfalls).
 4. The effective noise scale of the whole run is the calibrated B_simple averaged over the steps
-   to target (it grows as the loss falls). With it: S_min, S(B), lr(B), T(B) = S(B)·t(B) for every
-   candidate B (beyond the memory ceiling via accumulation), and the smallest B within a few % of
-   the fastest is recommended.
+   to target (it grows as the loss falls). With it: S_min, S(B), lr(B) (the rule × the race's
+   measured factor, kept below any lr that diverged), T(B) = S(B)·t(B) for every candidate B
+   (beyond the memory ceiling via accumulation), and the smallest B within a few % of the
+   fastest is recommended.
 """
 
 from __future__ import annotations

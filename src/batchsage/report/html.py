@@ -132,6 +132,22 @@ def _pilot_rows(document: Mapping[str, Any]) -> list[list[str]]:
     ]
 
 
+def _race_rows(document: Mapping[str, Any]) -> list[list[str]]:
+    """The lr race at the larger pilot batch: each racer's lr and the steps it needed."""
+    winner = (document.get("lr_calibration") or {}).get("batch_size")
+    pilots = document.get("pilots") or []
+    winning_lr = next((p.get("lr") for p in pilots[1:] if p.get("batch_size") == winner), None)
+    rows = []
+    for racer in document.get("lr_race") or []:
+        steps = racer.get("steps_to_level")
+        outcome = ("diverged" if racer.get("diverged") else
+                   "cut: could no longer win" if steps is None else fmt(steps, ".0f"))
+        rows.append([fmt_batch(racer.get("batch_size")), fmt(racer.get("lr"), ".3g"),
+                     fmt(racer.get("lr_factor_vs_start"), ".3g") + "×", outcome,
+                     fmt_seconds(racer.get("seconds")), "◀ chosen" if racer.get("lr") == winning_lr else ""])
+    return rows
+
+
 def _format_by_unit(key: str, value: Any) -> str:
     """A scalar shown by the unit its key names (``_bytes``, ``_seconds``)."""
     if isinstance(value, bool):
@@ -223,6 +239,7 @@ def report_context(document: Mapping[str, Any], images: Mapping[str, str]) -> di
         "candidates": _candidate_rows(document),
         "noise": _noise_rows(document),
         "pilots": _pilot_rows(document),
+        "race": _race_rows(document),
         "memory": _memory_rows(memory),
         "probes": _probe_rows(memory),
         "memory_notes": _memory_notes(memory),
