@@ -154,11 +154,15 @@ def _race(steps_at: Callable[[float], float | None],
     return winner.lr, tried
 
 
-def test_lr_race_goes_up_while_larger_lrs_are_as_fast_and_stops_at_divergence(
+def test_lr_race_goes_up_while_larger_lrs_are_faster_and_stops_at_divergence(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    # 2× is a near-tie (short races under-rate larger lrs: ties go up), 4× diverges.
-    lr, tried = _race(lambda lr: {1.0: 100, 2.0: 105}.get(lr), monkeypatch)
+    lr, tried = _race(lambda lr: {1.0: 100, 2.0: 99}.get(lr), monkeypatch)  # 4× diverges
     assert lr == 2.0 and tried == [1.0, 2.0, 4.0]
+
+
+def test_lr_race_keeps_the_lr_when_a_larger_one_is_slower(monkeypatch: pytest.MonkeyPatch) -> None:
+    lr, tried = _race(lambda lr: {1.0: 100, 2.0: 101, 0.5: 95}.get(lr), monkeypatch)
+    assert lr == 1.0 and tried == [1.0, 2.0, 0.5]  # ½ is faster, but not clearly
 
 
 def test_lr_race_goes_down_only_when_clearly_faster(monkeypatch: pytest.MonkeyPatch) -> None:

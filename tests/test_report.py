@@ -247,7 +247,7 @@ def test_lr_race_rows_mark_the_winner_and_how_each_racer_ended() -> None:
             {"batch_size": 256, "lr": 0.08, "lr_factor_vs_start": 1.0, "steps_to_level": 100.0,
              "diverged": False, "seconds": 2.0},
             {"batch_size": 256, "lr": 0.16, "lr_factor_vs_start": 2.0, "steps_to_level": 95.0,
-             "diverged": False, "seconds": 1.5},
+             "diverged": False, "seconds": 1.5, "won": True},
             {"batch_size": 256, "lr": 0.32, "lr_factor_vs_start": 4.0, "steps_to_level": None,
              "diverged": True, "seconds": 0.1},
         ],

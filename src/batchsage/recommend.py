@@ -21,6 +21,7 @@ The flow is one-way (DESIGN.md): task → measurements (memory, t(B), noise) →
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 import time
@@ -111,6 +112,8 @@ class Recommendation:
     pilots: list[PilotRun]
     lr_race: list[dict[str, Any]]
     lr_calibration: dict[str, Any] | None
+    #: The (batch, lr) the lr rule is anchored at: the base batch at the best lr raced there.
+    anchor: dict[str, Any]
     explanation: str
     decision_seconds: float
     phase_seconds: dict[str, float]
@@ -157,6 +160,7 @@ class Recommendation:
             "pilots": [asdict(p) for p in self.pilots],
             "lr_race": self.lr_race,
             "lr_calibration": self.lr_calibration,
+            "anchor": self.anchor,
             "explanation": self.explanation,
             "decision_seconds": self.decision_seconds,
             "phase_seconds": self.phase_seconds,
@@ -266,20 +270,27 @@ def recommend(
         schedule = _PilotSchedule(pilot_seconds, step_seconds, eval_seconds)
         pilot_a, monitor = _pilot_a(loaded, dev, ceiling, schedule)
     noise = _noise_from_monitor(monitor)
+    with phases.phase("base_lr", "racing learning rates at the base batch size"):
+        base_winner, base_race = _race_base_lr(loaded, dev, pilot_a, schedule)
+    # The plan is anchored where the lr was measured best at the base batch (the user's lr
+    # unless a racer beat it).
+    anchored = dataclasses.replace(loaded, base_batch_size=base_winner.batch_size, base_lr=base_winner.lr)
     with phases.phase("pilot_b", "pilot runs at larger batches, calibrating the critical batch"):
-        larger = _larger_pilots(loaded, dev, ceiling, pilot_a, noise, schedule)
+        larger = _larger_pilots(anchored, dev, ceiling, base_winner, _best_level(loaded, pilot_a), noise,
+                                schedule)
     larger_pilots = larger.pilots
     pilot_b = larger_pilots[-1] if larger_pilots else None
-    fitted = fit_plan_parameters(loaded, pilot_a, pilot_b, noise)
-    lr_calibration = _lr_calibration(loaded, larger.race_winner, fitted.b_noise, larger.diverged_lr)
+    fitted = fit_plan_parameters(loaded, pilot_a, pilot_b, noise,
+                                 base_winner if base_winner is not pilot_a else None)
+    lr_calibration = _lr_calibration(anchored, larger.race_winner, fitted.b_noise, larger.diverged_lr)
     candidates = plan.plan_candidates(
         grid,
         s_min=fitted.s_min,
         b_noise=fitted.b_noise,
         step_seconds=step_seconds,
         max_batch_size=ceiling,
-        base_batch_size=loaded.base_batch_size,
-        base_lr=loaded.base_lr,
+        base_batch_size=anchored.base_batch_size,
+        base_lr=anchored.base_lr,
         scaling=loaded.resolved_lr_scaling(),
         lr_calibration=lr_calibration,
     )
@@ -310,7 +321,9 @@ def recommend(
             for p in throughput.points
         ],
         pilots=[pilot_a, *larger_pilots],
-        lr_race=larger.race,
+        lr_race=base_race + larger.race,
+        anchor={"batch_size": anchored.base_batch_size, "lr": anchored.base_lr,
+                "task_base_lr": loaded.base_lr},
         lr_calibration=asdict(lr_calibration) if lr_calibration else None,
         explanation="",
         decision_seconds=decision_seconds,
@@ -437,25 +450,24 @@ class LargerPilots:
     diverged_lr: float | None = None
 
 
-def _larger_pilots(task: Task, device: Any, ceiling: int, pilot_a: PilotRun, noise: NoiseSummary,
-                   schedule: _PilotSchedule) -> LargerPilots:
+def _larger_pilots(task: Task, device: Any, ceiling: int, small: PilotRun, level: float,
+                   noise: NoiseSummary, schedule: _PilotSchedule) -> LargerPilots:
     """Pilots at PILOT_BATCH_FACTOR× larger batches until scaling stops looking perfect.
 
-    Each runs until it reaches the best level pilot A reached. The first larger batch races a few
-    learning rates around the rule's (:func:`_race_lr`): the fastest sets the lr correction for
-    every larger batch and is the pilot B that measures the critical batch. If the step counts say
-    the critical batch lies beyond the larger batch (scaling still perfect there), the next pilot
+    ``small`` is the base-batch run at the anchored lr, ``level`` the best level pilot A reached;
+    each pilot runs until it reaches that level. The first larger batch races a few learning
+    rates around the rule's (:func:`_race_lr`): the fastest sets the lr correction for every
+    larger batch and is the pilot B that measures the critical batch. If the step counts say the
+    critical batch lies beyond the larger batch (scaling still perfect there), the next pilot
     goes a factor further, while memory, data and the time budget allow.
     """
     pilots: list[PilotRun] = []
     race: list[dict[str, Any]] = []
     calibration: plan.LrCalibration | None = None
-    if not pilot_a.history:
+    if not small.history or not math.isfinite(level):
         return LargerPilots(pilots, race, None)
-    _, metrics = pilot_a.steps_and_metrics()
-    level = _best(metrics, task.higher_is_better)
     remaining = schedule.seconds
-    previous = pilot_a.batch_size
+    previous = small.batch_size
     while remaining > 0.1 * schedule.seconds:
         large = min(ceiling, previous * PILOT_BATCH_FACTOR, task.num_train_samples // 2)
         if large <= previous:
@@ -470,11 +482,11 @@ def _larger_pilots(task: Task, device: Any, ceiling: int, pilot_a: PilotRun, noi
             # no racer runs past pilot A's steps; the race may take twice a pilot's time.
             start_lr = plan.scaled_lr(large, task.base_batch_size, task.base_lr,
                                       task.resolved_lr_scaling())
-            steps_a = _steps_to(task, pilot_a, level)
-            cap = None if math.isinf(steps_a) else math.ceil(steps_a)
+            steps_small = _steps_to(task, small, level)
+            cap = None if math.isinf(steps_small) else math.ceil(steps_small)
             pilot, race = _race_lr(task, device, large, start_lr, level, schedule,
                                    remaining + schedule.seconds, cap)
-            calibration = plan.LrCalibration(pilot_a.batch_size, large, pilot.lr / rule_lr,
+            calibration = plan.LrCalibration(small.batch_size, large, pilot.lr / rule_lr,
                                              _diverged_lr(race))
         else:
             pilot = _level_run(task, device, large, calibration.apply(large, rule_lr), level,
@@ -483,7 +495,7 @@ def _larger_pilots(task: Task, device: Any, ceiling: int, pilot_a: PilotRun, noi
         if pilot.diverged:  # says nothing about the critical batch; the lr was too large there
             break
         pilots.append(pilot)
-        b_crit, _ = _critical_batch(task, pilot_a, pilot)
+        b_crit, _ = _critical_batch(task, small, pilot)
         if b_crit is None or b_crit < large or not pilot.history:
             break
         previous = large
@@ -497,34 +509,41 @@ LR_RACE_ROUNDS = 3
 #: The race may take at least this many times its first racer's wall time (so that, on a task
 #: whose steps are expensive, the first challengers still run: each costs at most the first racer).
 LR_RACE_MIN_RACERS = 3.0
-#: A larger lr must reach the level in this fraction of the steps to win (one seed is noisy; ties
-#: go to the rule).
+#: A smaller lr must reach the level in this fraction of the best steps to win (a larger one only
+#: needs fewer steps).
 LR_RACE_MARGIN = 0.9
 
 
 def _race_lr(task: Task, device: Any, batch_size: int, start_lr: float, level: float,
-             schedule: _PilotSchedule, seconds: float,
-             max_steps: int | None) -> tuple[PilotRun, list[dict[str, Any]]]:
+             schedule: _PilotSchedule, seconds: float, max_steps: int | None,
+             first: PilotRun | None = None) -> tuple[PilotRun, list[dict[str, Any]]]:
     """Which lr to train ``batch_size`` with: ``start_lr`` or it ×/÷ LR_RACE_STEP, up to LR_RACE_ROUNDS times.
 
     Each racer trains until it reaches ``level``. Going up, a larger lr wins when it reaches the
-    level within 1/LR_RACE_MARGIN of the fewest steps so far: a race this short is biased towards
-    small learning rates (Wu et al. 2018, "short-horizon bias"), so near-ties go to the larger lr.
-    If the first step up loses, the lr goes down while each step down is clearly faster (fewer than
-    LR_RACE_MARGIN × the best steps). A racer is cut once it can no longer win, so each challenger
-    costs at most what the first racer did; the race takes ``seconds`` or LR_RACE_MIN_RACERS × the
-    first racer's time, whichever is longer. Returns the winning run and every racer's record.
+    level in fewer steps than the best so far. The race is short, and its bias cuts both ways: at a
+    large batch a larger lr pays off more by the target than early (measured on the built-in
+    tasks' ground truths), at a small batch its higher noise floor can stall it near the target;
+    so a larger lr must need fewer steps to win. If the first step up loses, the lr goes down
+    while each step down is clearly faster (fewer than LR_RACE_MARGIN × the best steps). A racer is
+    cut once it can no longer win, so each challenger costs at most what the first racer did; the
+    race takes ``seconds`` or LR_RACE_MIN_RACERS × the first racer's time, whichever is longer.
+    ``first``: a run at ``start_lr`` made already (pilot A, which ran past the level); the race then
+    takes ``seconds``. Returns the winning run and every racer's record (the winner's marked
+    ``won``).
     """
     started = time.perf_counter()
-    leader = _level_run(task, device, batch_size, start_lr, level, schedule, seconds, max_steps)
+    if first is None:
+        leader = _level_run(task, device, batch_size, start_lr, level, schedule, seconds, max_steps)
+        budget = max(seconds, LR_RACE_MIN_RACERS * leader.wall_seconds)
+    else:
+        leader, budget = first, seconds
     best_steps = _steps_to(task, leader, level)
-    budget = max(seconds, LR_RACE_MIN_RACERS * leader.wall_seconds)
 
     def left() -> float:
         return budget - (time.perf_counter() - started)
 
     records = [_race_record(leader, start_lr, best_steps)]
-    for direction, allowance in ((LR_RACE_STEP, 1.0 / LR_RACE_MARGIN), (1.0 / LR_RACE_STEP, LR_RACE_MARGIN)):
+    for direction, allowance in ((LR_RACE_STEP, 1.0), (1.0 / LR_RACE_STEP, LR_RACE_MARGIN)):
         moved = False
         lr = leader.lr
         for _ in range(LR_RACE_ROUNDS):
@@ -540,7 +559,31 @@ def _race_lr(task: Task, device: Any, batch_size: int, start_lr: float, level: f
             leader, best_steps, moved = challenger, min(best_steps, steps), True
         if moved:  # the lr went up: no need to look down
             break
+    for record in records:
+        record["won"] = record["lr"] == leader.lr
     return leader, records
+
+
+def _best_level(task: Task, run: PilotRun) -> float:
+    """The best validation metric ``run`` reached (NaN if none was finite)."""
+    return _best(run.steps_and_metrics()[1], task.higher_is_better)
+
+
+def _race_base_lr(task: Task, device: Any, pilot_a: PilotRun,
+                  schedule: _PilotSchedule) -> tuple[PilotRun, list[dict[str, Any]]]:
+    """Race learning rates at the base batch against pilot A, to the best level pilot A reached.
+
+    The user's base lr is a guess as often as the batch size is: a racer ×2 (and on) that reaches
+    pilot A's level in no more steps, or ÷2 in clearly fewer, becomes the anchor of the plan. Each
+    challenger costs at most what pilot A needed for that level; the race takes up to two pilots'
+    time. Returns the winner (pilot A itself when it stays) and the records.
+    """
+    level = _best_level(task, pilot_a)
+    steps_a = _steps_to(task, pilot_a, level)
+    if math.isinf(steps_a) or pilot_a.diverged:
+        return pilot_a, []
+    return _race_lr(task, device, pilot_a.batch_size, pilot_a.lr, level, schedule,
+                    2.0 * schedule.seconds, math.ceil(steps_a), first=pilot_a)
 
 
 def _diverged_lr(race: list[dict[str, Any]]) -> float | None:
@@ -601,25 +644,40 @@ class FittedPlan:
 
 
 def fit_plan_parameters(task: Task, pilot_a: PilotRun, pilot_b: PilotRun | None,
-                        noise: NoiseSummary) -> FittedPlan:
-    """S_min and the effective B_noise from the two pilots and the noise trajectory."""
+                        noise: NoiseSummary, base_racer: PilotRun | None = None) -> FittedPlan:
+    """S_min and the effective B_noise from the pilots and the noise trajectory.
+
+    ``base_racer``: a run at the base batch with a better lr than pilot A's (it stopped at pilot A's
+    best level). Steps to target at the base batch are then pilot A's × the racer's speed-up to
+    that level, and the critical batch is measured between the racer and pilot B. Pilot A's step
+    axis still places B_simple's growth (B_simple follows the training state, not the lr).
+    """
     steps_a, metrics_a = pilot_a.steps_and_metrics()
     to_target = fit.extrapolate_steps_to_target(steps_a, metrics_a, task.target, task.higher_is_better)
     total_steps = to_target.steps if to_target.reachable else task.max_samples / pilot_a.batch_size
-    b_crit, level_step = _critical_batch(task, pilot_a, pilot_b)
+    small = base_racer or pilot_a
+    b_crit, level_step = _critical_batch(task, small, pilot_b)
+    speedup = 1.0
+    if base_racer is not None:
+        level = _best_level(task, pilot_a)
+        at_a, at_racer = _steps_to(task, pilot_a, level), _steps_to(task, base_racer, level)
+        if math.isfinite(at_a) and math.isfinite(at_racer):
+            speedup = at_racer / at_a
+        if level_step is not None:
+            level_step /= speedup  # in pilot A's steps
     growth = (
         fit.PowerLaw(noise.growth_scale, noise.growth_exponent)
         if noise.growth_scale is not None and noise.growth_exponent is not None
         else None
     )
     b_noise, calibration, method = _effective_noise(b_crit, level_step, growth, noise.b_simple,
-                                                    total_steps, pilot_a, pilot_b)
+                                                    total_steps, small, pilot_b)
     noise.b_crit_pilot = b_crit
     noise.calibration = calibration
     noise.b_noise = b_noise
     noise.method = method
-    s_min = total_steps / (1.0 + b_noise / pilot_a.batch_size)
-    return FittedPlan(s_min, b_noise, total_steps, to_target.extrapolated, noise)
+    s_min = speedup * total_steps / (1.0 + b_noise / small.batch_size)
+    return FittedPlan(s_min, b_noise, speedup * total_steps, to_target.extrapolated, noise)
 
 
 def _critical_batch(task: Task, pilot_a: PilotRun,
@@ -687,6 +745,13 @@ def explain(rec: Recommendation, ceiling: int, base_batch_size: int) -> str:
         "halving the batch almost doubles the steps needed, above it extra samples per step are "
         "mostly wasted."
     )
+    anchor = rec.anchor
+    if anchor["lr"] != anchor["task_base_lr"]:
+        parts.append(
+            f"At the base batch {anchor['batch_size']}, lr {anchor['lr']:.3g} reached the first pilot's "
+            f"level in fewer steps than the task's lr {anchor['task_base_lr']:.3g}, so the plan is "
+            "anchored there."
+        )
     calibration = rec.lr_calibration
     if calibration is not None and abs(math.log2(calibration["factor"])) > 0.01:
         parts.append(

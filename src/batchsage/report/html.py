@@ -134,9 +134,6 @@ def _pilot_rows(document: Mapping[str, Any]) -> list[list[str]]:
 
 def _race_rows(document: Mapping[str, Any]) -> list[list[str]]:
     """The lr race at the larger pilot batch: each racer's lr and the steps it needed."""
-    winner = (document.get("lr_calibration") or {}).get("batch_size")
-    pilots = document.get("pilots") or []
-    winning_lr = next((p.get("lr") for p in pilots[1:] if p.get("batch_size") == winner), None)
     rows = []
     for racer in document.get("lr_race") or []:
         steps = racer.get("steps_to_level")
@@ -144,7 +141,7 @@ def _race_rows(document: Mapping[str, Any]) -> list[list[str]]:
                    "cut: could no longer win" if steps is None else fmt(steps, ".0f"))
         rows.append([fmt_batch(racer.get("batch_size")), fmt(racer.get("lr"), ".3g"),
                      fmt(racer.get("lr_factor_vs_start"), ".3g") + "×", outcome,
-                     fmt_seconds(racer.get("seconds")), "◀ chosen" if racer.get("lr") == winning_lr else ""])
+                     fmt_seconds(racer.get("seconds")), "◀ chosen" if racer.get("won") else ""])
     return rows
 
 
@@ -197,6 +194,7 @@ PHASE_LABELS = {
     "memory": "memory probe",
     "throughput": "throughput probe",
     "pilot_a": "pilot A (base batch, noise scale)",
+    "base_lr": "lr race at the base batch",
     "pilot_b": "pilot B (larger batch, calibration)",
 }
 
