@@ -5,11 +5,13 @@ The flow is one-way (DESIGN.md): task → measurements (memory, t(B), noise) →
 1. Probe memory (ceiling) and throughput (step time t(B) on a log grid up to the ceiling).
 2. Pilot A: train at the task's base batch size and lr with the noise-scale monitor attached. It
    gives the validation curve (steps to target, measured or extrapolated) and the simple noise
-   scale B_simple with its growth along the run.
+   scale B_simple with its growth along the run. Then racers at the base batch with the lr ×2,
+   ×4 … (or ÷2) train to the best level pilot A reached: the user's base lr is a guess, and the
+   fastest lr there anchors the plan.
 3. Pilot B: train at a batch several times larger until it reaches the level pilot A reached. Its
-   learning rate comes from a short race (plain linear/square-root scaling from the base lr, then
-   ×2 while the larger lr is as fast, or ÷2 while the smaller is clearly faster): the user's base
-   lr anchors only the base batch; how far the lr may grow with the batch is measured. The
+   learning rate comes from a second race (plain linear/square-root scaling from the anchor, then
+   ×2 while the larger lr is faster, or ÷2 while the smaller is clearly faster): how far the lr
+   may grow with the batch is measured, not assumed. The
    winner's steps and pilot A's give the critical batch B_crit at that point of training, which
    calibrates B_simple (it over-estimates B_crit 2–8×; DESIGN.md pitfalls).
 4. The effective noise scale of the whole run is the calibrated B_simple averaged over the steps
