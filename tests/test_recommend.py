@@ -179,3 +179,10 @@ def test_recommendation_uses_the_lr_race_winner(recommendation: Recommendation) 
     at_race_batch = recommendation.candidate(calibration["batch_size"])
     if at_race_batch is not None and calibration["diverged_lr"] is None:
         assert at_race_batch.lr == pytest.approx(winner.lr)
+
+
+def test_lr_race_keeps_halving_below_a_diverging_start(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Linear scaling from the anchor can land past the stability limit: 1 and 2 diverge, so do ½;
+    # the race halves until an lr trains, then goes on down while that is clearly faster.
+    lr, tried = _race(lambda lr: {0.25: 300}.get(lr), monkeypatch)
+    assert lr == 0.25 and tried == [1.0, 2.0, 0.5, 0.25, 0.125]

@@ -556,13 +556,15 @@ def _race_lr(task: Task, device: Any, batch_size: int, start_lr: float, level: f
             challenger = _level_run(task, device, batch_size, lr, level, schedule, left(), cap)
             steps = _steps_to(task, challenger, level)
             records.append(_race_record(challenger, start_lr, steps))
+            if challenger.diverged and leader.diverged and direction < 1.0:
+                continue  # still above the stability limit: keep halving
             if not steps < allowance * best_steps:
                 break
             leader, best_steps, moved = challenger, min(best_steps, steps), True
         if moved:  # the lr went up: no need to look down
             break
     for record in records:
-        record["won"] = record["lr"] == leader.lr
+        record["won"] = record["lr"] == leader.lr and not leader.diverged
     return leader, records
 
 
@@ -595,8 +597,10 @@ def _diverged_lr(race: list[dict[str, Any]]) -> float | None:
 def _lr_calibration(task: Task, race_winner: tuple[int, float] | None, b_noise: float,
                     diverged_lr: float | None) -> plan.LrCalibration | None:
     """The race winner's lr ÷ the lr the plan's rule gives at that batch (with the fitted B_noise)."""
-    if race_winner is None:
-        return None
+    if race_winner is None:  # no usable pilot B: keep only what divergence taught
+        if diverged_lr is None:
+            return None
+        return plan.LrCalibration(task.base_batch_size, task.base_batch_size, 1.0, diverged_lr)
     batch_size, lr = race_winner
     rule_lr = plan.scaled_lr(batch_size, task.base_batch_size, task.base_lr, task.resolved_lr_scaling(),
                              b_noise)
