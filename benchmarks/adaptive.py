@@ -128,14 +128,16 @@ def _step_kinds(steps: list[tuple[int, int, float]]) -> list[list[int]]:
 
 
 def run_one(task: Task, strategy: str, batch_size: int, lr: float, seed: int, device: str,
-            calibration: float, max_seconds: float | None = None) -> Run:
+            calibration: float, max_seconds: float | None = None,
+            step_seconds: Callable[[int], float] | None = None) -> Run:
     timer = StepTimes()
     controller = None
     if strategy == FIXED or strategy == "grid":
         result = train(task, batch_size, lr, seed=seed, device=device, max_seconds=max_seconds,
                        hooks=[timer])
     else:
-        controller = AdaptiveBatch.for_task(task, batch_size, lr, calibration=calibration)
+        controller = AdaptiveBatch.for_task(task, batch_size, lr, calibration=calibration,
+                                            step_seconds=step_seconds)
         result = controller.train(task, seed=seed, device=device, max_seconds=max_seconds, hooks=[timer])
     return Run(
         strategy=strategy, seed=seed, start_batch_size=batch_size, start_lr=lr,
@@ -460,6 +462,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="batch sizes of the small grid, comma-separated (default: base/4 … base×32)")
     parser.add_argument("--calibration", type=float, default=None,
                         help=f"B_noise = calibration × B_simple (default {DEFAULT_CALIBRATION})")
+    parser.add_argument("--time-rule", action="store_true",
+                        help="probe t(B) once and let the controller grow only when "
+                             "t(B)·(1 + B_noise/B) falls (for compute-bound models)")
     parser.add_argument("--recommend", action="store_true",
                         help="take the calibration from batchsage.recommend (run once)")
     parser.add_argument("--censor-factor", type=float, default=3.0, help="grid: cut runs past this × best")
@@ -553,6 +558,10 @@ def _run_benchmark(task: Task, args: argparse.Namespace, groundtruth: Path, docu
         sizes = [int(b) for b in args.grid_batch_sizes.split(",")] if args.grid_batch_sizes else None
         best = best_from_grid(task, args.device, args.censor_factor, runs, save, progress, sizes)
     document["best_fixed"] = best
+    step_seconds = None
+    if args.time_rule:
+        start = min(best["batch_size"], task.base_batch_size)
+        step_seconds = _probe_step_seconds(task, start, args.device, document)
     save()
     starts = {"best": (ADAPTIVE_FROM_BEST, best["batch_size"], best["lr"]),
               "base": (ADAPTIVE_FROM_BASE, task.base_batch_size, task.base_lr)}
@@ -562,9 +571,22 @@ def _run_benchmark(task: Task, args: argparse.Namespace, groundtruth: Path, docu
     for index, seed in enumerate(document["seeds"]):
         shift = index % len(strategies)
         for strategy, batch_size, lr in strategies[shift:] + strategies[:shift]:
-            runs.append(run_one(task, strategy, batch_size, lr, seed, args.device, calibration))
+            runs.append(run_one(task, strategy, batch_size, lr, seed, args.device, calibration,
+                                step_seconds=step_seconds))
             save()
             progress.advance(bar)
+
+
+def _probe_step_seconds(task: Task, start: int, device: str,
+                        document: dict[str, Any]) -> Callable[[int], float]:
+    """t(B) from the throughput probe, from the smallest start batch to 32× it (the controller's reach)."""
+    from batchsage.probe.throughput import probe_throughput
+
+    sizes = [b for b in (start << k for k in range(6)) if b <= task.num_train_samples]
+    curve = probe_throughput(task, device=device, batch_sizes=sizes, time_budget_seconds=10.0)
+    document["time_rule"] = [{"batch_size": p.batch_size, "step_seconds": p.step_seconds_median}
+                             for p in curve.points]
+    return curve.step_seconds
 
 
 def print_summary(document: dict[str, Any], console: Console) -> None:
