@@ -289,3 +289,26 @@ def test_lr_range_is_widened_only_where_a_near_best_batch_peaks_at_its_edge(tiny
     trials = [trial(b, lr, seed, steps[(b, m)], 0.01) for b, lr, m in configs for seed in (0, 1)]
     extra = groundtruth.lr_bracket_extension(tiny_task, trials, configs)
     assert extra == [(16, pytest.approx(0.4), 4.0)]
+
+
+def test_redecide_discards_only_the_named_saved_decision(tmp_path: Path) -> None:
+    from rich.console import Console
+
+    _, settings = groundtruth.parse_args(["--task", "linreg", "--out", str(tmp_path / "r.json"),
+                                          "--redecide", "default32"])
+    assert settings.redecide == ("default32",)
+    state = groundtruth.State(tmp_path / "r.json")
+    saved = {"batch_size": 64, "lr": 0.5, "accumulation_steps": 1, "warmup_steps": 0,
+             "decision_seconds": 1.0, "details": {}}
+    state.decisions.update({"ceiling": {"max_batch_size": 1024},
+                            "choices": {"default32": dict(saved), "doubling": dict(saved)}})
+    settings.strategies = ("default32",)
+    choices = groundtruth.make_decisions(groundtruth.load_task("linreg"), settings, state,
+                                         Console(file=None, quiet=True))
+    assert choices["default32"].batch_size == 32  # decided again: the constant default
+    assert state.decisions["choices"]["doubling"]["batch_size"] == 64  # kept
+
+
+def test_redecide_rejects_an_unknown_strategy(tmp_path: Path) -> None:
+    with pytest.raises(groundtruth.ConfigError, match="unknown strategies"):
+        groundtruth.parse_args(["--task", "linreg", "--out", str(tmp_path / "r.json"), "--redecide", "x"])
