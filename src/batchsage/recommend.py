@@ -11,9 +11,9 @@ The flow is one-way (DESIGN.md): task → measurements (memory, t(B), noise) →
 3. Pilot B: train at a batch several times larger until it reaches the level pilot A reached. Its
    learning rate comes from a second race (plain linear/square-root scaling from the anchor, then
    ×2 while the larger lr is faster, or ÷2 while the smaller is clearly faster): how far the lr
-   may grow with the batch is measured, not assumed. The
-   winner's steps and pilot A's give the critical batch B_crit at that point of training, which
-   calibrates B_simple (it over-estimates B_crit 2–8×; DESIGN.md pitfalls).
+   may grow with the batch is measured, not assumed. The winner's steps and those at the base
+   batch give the critical batch B_crit at that point of training, which calibrates B_simple (it
+   over-estimates B_crit 2–8×; DESIGN.md pitfalls).
 4. The effective noise scale of the whole run is the calibrated B_simple averaged over the steps
    to target (it grows as the loss falls). With it: S_min, S(B), lr(B) (the rule × the race's
    measured factor, kept below any lr that diverged), T(B) = S(B)·t(B) for every candidate B
@@ -478,16 +478,8 @@ def _larger_pilots(task: Task, device: Any, ceiling: int, small: PilotRun, level
                                  noise.b_simple)
         start = time.perf_counter()
         if calibration is None:
-            # The race starts from plain linear (SGD) / square-root (Adam) scaling: the noise
-            # saturation needs a B_noise not yet calibrated, and the race finds any saturation.
-            # A larger batch never needs more steps than the base batch for the same level, so
-            # no racer runs past pilot A's steps; the race may take twice a pilot's time.
-            start_lr = plan.scaled_lr(large, task.base_batch_size, task.base_lr,
-                                      task.resolved_lr_scaling())
-            steps_small = _steps_to(task, small, level)
-            cap = None if math.isinf(steps_small) else math.ceil(steps_small)
-            pilot, race = _race_lr(task, device, large, start_lr, level, schedule,
-                                   remaining + schedule.seconds, cap)
+            pilot, race = _race_larger_batch(task, device, large, small, level, schedule,
+                                             remaining + schedule.seconds)
             calibration = plan.LrCalibration(small.batch_size, large, pilot.lr / rule_lr,
                                              _diverged_lr(race))
         else:
@@ -503,6 +495,21 @@ def _larger_pilots(task: Task, device: Any, ceiling: int, small: PilotRun, level
         previous = large
     winner = (race[0]["batch_size"], pilots[0].lr) if race and pilots else None
     return LargerPilots(pilots, race, winner, _diverged_lr(race))
+
+
+def _race_larger_batch(task: Task, device: Any, large: int, small: PilotRun, level: float,
+                       schedule: _PilotSchedule, seconds: float) -> tuple[PilotRun, list[dict[str, Any]]]:
+    """The lr race at the first larger pilot batch.
+
+    It starts from plain linear (SGD) / square-root (Adam) scaling of the anchor: the noise
+    saturation needs a B_noise not yet calibrated, and the race finds any saturation. A larger
+    batch never needs more steps than the base batch for the same level, so no racer runs past
+    the base run's steps.
+    """
+    start_lr = plan.scaled_lr(large, task.base_batch_size, task.base_lr, task.resolved_lr_scaling())
+    steps_small = _steps_to(task, small, level)
+    cap = None if math.isinf(steps_small) else math.ceil(steps_small)
+    return _race_lr(task, device, large, start_lr, level, schedule, seconds, cap)
 
 
 #: The lr race multiplies or divides the rule's lr by this factor per round, up to LR_RACE_ROUNDS.
