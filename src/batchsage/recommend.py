@@ -585,7 +585,7 @@ def _race_base_lr(task: Task, device: Any, pilot_a: PilotRun,
     """Race learning rates at the base batch against pilot A, to the best level pilot A reached.
 
     The user's base lr is a guess as often as the batch size is: a racer ×2 (and on) that reaches
-    pilot A's level in no more steps, or ÷2 in clearly fewer, becomes the anchor of the plan. Each
+    pilot A's level in fewer steps, or ÷2 in clearly fewer, becomes the anchor of the plan. Each
     challenger costs at most what pilot A needed for that level; the race takes up to two pilots'
     time. Returns the winner (pilot A itself when it stays) and the records.
     """
@@ -661,23 +661,24 @@ def fit_plan_parameters(task: Task, pilot_a: PilotRun, pilot_b: PilotRun | None,
     """S_min and the effective B_noise from the pilots and the noise trajectory.
 
     ``base_racer``: a run at the base batch with a better lr than pilot A's (it stopped at pilot A's
-    best level). Steps to target at the base batch are then pilot A's × the racer's speed-up to
-    that level, and the critical batch is measured between the racer and pilot B. Pilot A's step
-    axis still places B_simple's growth (B_simple follows the training state, not the lr).
+    best level). Steps to target at the base batch are then pilot A's × the ratio of the racer's
+    steps to pilot A's for that level, and the critical batch is measured between the racer and
+    pilot B. Pilot A's step axis still places B_simple's growth (B_simple follows the training
+    state, not the lr).
     """
     steps_a, metrics_a = pilot_a.steps_and_metrics()
     to_target = fit.extrapolate_steps_to_target(steps_a, metrics_a, task.target, task.higher_is_better)
     total_steps = to_target.steps if to_target.reachable else task.max_samples / pilot_a.batch_size
     small = base_racer or pilot_a
     b_crit, level_step = _critical_batch(task, small, pilot_b)
-    speedup = 1.0
+    step_ratio = 1.0  # the racer's steps ÷ pilot A's, for the same level
     if base_racer is not None:
         level = _best_level(task, pilot_a)
         at_a, at_racer = _steps_to(task, pilot_a, level), _steps_to(task, base_racer, level)
         if math.isfinite(at_a) and math.isfinite(at_racer):
-            speedup = at_racer / at_a
+            step_ratio = at_racer / at_a
         if level_step is not None:
-            level_step /= speedup  # in pilot A's steps
+            level_step /= step_ratio  # in pilot A's steps
     growth = (
         fit.PowerLaw(noise.growth_scale, noise.growth_exponent)
         if noise.growth_scale is not None and noise.growth_exponent is not None
@@ -689,8 +690,8 @@ def fit_plan_parameters(task: Task, pilot_a: PilotRun, pilot_b: PilotRun | None,
     noise.calibration = calibration
     noise.b_noise = b_noise
     noise.method = method
-    s_min = speedup * total_steps / (1.0 + b_noise / small.batch_size)
-    return FittedPlan(s_min, b_noise, speedup * total_steps, to_target.extrapolated, noise)
+    s_min = step_ratio * total_steps / (1.0 + b_noise / small.batch_size)
+    return FittedPlan(s_min, b_noise, step_ratio * total_steps, to_target.extrapolated, noise)
 
 
 def _critical_batch(task: Task, pilot_a: PilotRun,
