@@ -186,3 +186,29 @@ def test_lr_race_keeps_halving_below_a_diverging_start(monkeypatch: pytest.Monke
     # the race halves until an lr trains, then goes on down while that is clearly faster.
     lr, tried = _race(lambda lr: {0.25: 300}.get(lr), monkeypatch)
     assert lr == 0.25 and tried == [1.0, 2.0, 0.5, 0.25, 0.125]
+
+
+def _run(batch_size: int, lr: float, steps: list[float], metrics: list[float]) -> Any:
+    from batchsage.recommend import PilotRun
+
+    history = [{"step": s, "samples": s * batch_size, "train_seconds": 0.0, "metric": m, "train_loss": 0.0}
+               for s, m in zip(steps, metrics, strict=True)]
+    return PilotRun(batch_size, lr, int(steps[-1]), 0.0, 0.0, False, history)
+
+
+def test_a_faster_base_racer_scales_the_steps_to_target_and_measures_the_critical_batch() -> None:
+    from batchsage.recommend import NoiseSummary, fit_plan_parameters
+
+    task = noisy_classification_task(target=0.95)
+    pilot_a = _run(32, 0.01, [25, 50, 100], [0.5, 0.7, 0.9])   # level 0.9 at step 100
+    racer = _run(32, 0.04, [12.5, 25, 50], [0.5, 0.7, 0.9])    # the same level in half the steps
+    pilot_b = _run(256, 0.3, [10, 20, 40], [0.5, 0.7, 0.9])
+
+    def noise() -> NoiseSummary:
+        return NoiseSummary(None, None, None, None, None, None, math.nan, "")
+
+    plain = fit_plan_parameters(task, pilot_a, pilot_b, noise())
+    raced = fit_plan_parameters(task, pilot_a, pilot_b, noise(), racer)
+    assert raced.steps_at_pilot == pytest.approx(0.5 * plain.steps_at_pilot)
+    # Against the racer, pilot B saves less (50 → 40 steps, not 100 → 40): a smaller critical batch.
+    assert raced.noise.b_crit_pilot < plain.noise.b_crit_pilot
