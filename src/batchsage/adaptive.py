@@ -255,7 +255,7 @@ class AdaptiveBatch(TrainingHook):
         self._losses: deque[float] = deque(maxlen=LOSS_WINDOW)
         #: After an lr raise: (largest recent loss before it, lr before, losses since).
         self._guard: tuple[float, float, int] | None = None
-        #: The lr found unstable-adjacent: an lr raise above it made the loss climb (None: not hit).
+        #: The largest lr known to be stable: a raise above it made the loss climb (None until then).
         self.lr_cap: float | None = None
         self._next_decision = measurements_per_decision
         #: Seconds spent deciding (reading the estimate and its interval); the training loop's step
