@@ -255,3 +255,12 @@ def test_lr_race_rows_mark_the_winner_and_how_each_racer_ended() -> None:
     rows = _race_rows(document)
     assert [row[-1] for row in rows] == ["", "◀ chosen", ""]
     assert rows[0][3] == "100" and rows[2][3] == "diverged"
+
+
+def test_lr_card_says_where_the_lr_was_anchored() -> None:
+    from batchsage.report.html import _lr_note
+
+    raced = {"anchor": {"batch_size": 32, "lr": 0.04, "task_base_lr": 0.01}}
+    assert "beat the task's 0.01" in _lr_note(raced)
+    assert "kept it" in _lr_note({"anchor": {"batch_size": 32, "lr": 0.01, "task_base_lr": 0.01}})
+    assert _lr_note({}) == "scaled from the task's base lr"  # an older document

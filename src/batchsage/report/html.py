@@ -75,8 +75,7 @@ def _answer_cards(document: Mapping[str, Any]) -> list[dict[str, str]]:
          "note": "samples per optimiser step"},
         {"label": "micro-batch × accumulation", "value": fmt_split(r),
          "note": "accumulate gradients" if accumulation > 1 else "no accumulation needed"},
-        {"label": "learning rate", "value": fmt(r.get("lr"), ".4g"),
-         "note": "scaled from the task's base lr"},
+        {"label": "learning rate", "value": fmt(r.get("lr"), ".4g"), "note": _lr_note(document)},
         {"label": "warmup", "value": fmt_int(r.get("warmup_steps")), "note": "steps of linear warmup"},
         {"label": "predicted time to target", "value": fmt_seconds(r.get("predicted_seconds")),
          "note": f"{fmt_int(r.get('predicted_steps'))} steps"},
@@ -130,6 +129,18 @@ def _pilot_rows(document: Mapping[str, Any]) -> list[list[str]]:
          "yes" if p.get("reached_target") else "no"]
         for p in document.get("pilots") or []
     ]
+
+
+def _lr_note(document: Mapping[str, Any]) -> str:
+    """Where the lr comes from: the rule scaled from the anchor the base-batch race measured."""
+    anchor = document.get("anchor") or {}
+    lr, base_lr = finite(anchor.get("lr")), finite(anchor.get("task_base_lr"))
+    if lr is None or base_lr is None:
+        return "scaled from the task's base lr"
+    if lr == base_lr:
+        return f"scaled from the task's base lr {fmt(base_lr, '.3g')} (the lr races kept it)"
+    return (f"scaled from lr {fmt(lr, '.3g')} at B={fmt_batch(anchor.get('batch_size'))}, "
+            f"which beat the task's {fmt(base_lr, '.3g')} in the lr race")
 
 
 def _race_rows(document: Mapping[str, Any]) -> list[list[str]]:
