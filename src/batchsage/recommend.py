@@ -494,7 +494,7 @@ def _larger_pilots(task: Task, device: Any, ceiling: int, small: PilotRun, level
             break
         previous = large
     winner = (race[0]["batch_size"], pilots[0].lr) if race and pilots else None
-    return LargerPilots(pilots, race, winner, _diverged_lr(race))
+    return LargerPilots(pilots, race, winner, calibration.diverged_lr if calibration else None)
 
 
 def _race_larger_batch(task: Task, device: Any, large: int, small: PilotRun, level: float,
@@ -694,23 +694,20 @@ def fit_plan_parameters(task: Task, pilot_a: PilotRun, pilot_b: PilotRun | None,
     return FittedPlan(s_min, b_noise, step_ratio * total_steps, to_target.extrapolated, noise)
 
 
-def _critical_batch(task: Task, pilot_a: PilotRun,
-                    pilot_b: PilotRun | None) -> tuple[float | None, float | None]:
-    """B_crit from the steps both pilots needed for the best level both reached."""
-    if pilot_b is None or not pilot_b.history:
+def _critical_batch(task: Task, small: PilotRun,
+                    large: PilotRun | None) -> tuple[float | None, float | None]:
+    """B_crit from the steps both runs needed for the best level both reached, and ``small``'s steps."""
+    if large is None or not large.history:
         return None, None
-    steps_a, metrics_a = pilot_a.steps_and_metrics()
-    steps_b, metrics_b = pilot_b.steps_and_metrics()
-    best_a, best_b = _best(metrics_a, task.higher_is_better), _best(metrics_b, task.higher_is_better)
-    if not (math.isfinite(best_a) and math.isfinite(best_b)):
+    best_small, best_large = _best_level(task, small), _best_level(task, large)
+    if not (math.isfinite(best_small) and math.isfinite(best_large)):
         return None, None
-    level = min(best_a, best_b) if task.higher_is_better else max(best_a, best_b)
-    at_a = fit.steps_to_level(steps_a, metrics_a, level, task.higher_is_better)
-    at_b = fit.steps_to_level(steps_b, metrics_b, level, task.higher_is_better)
-    if at_a is None or at_b is None or at_a <= 0 or at_b <= 0:
+    level = min(best_small, best_large) if task.higher_is_better else max(best_small, best_large)
+    at_small, at_large = _steps_to(task, small, level), _steps_to(task, large, level)
+    if math.isinf(at_small) or math.isinf(at_large):
         return None, None
-    b_crit = fit.critical_batch_from_two_runs(pilot_a.batch_size, at_a, pilot_b.batch_size, at_b)
-    return b_crit, at_a
+    b_crit = fit.critical_batch_from_two_runs(small.batch_size, at_small, large.batch_size, at_large)
+    return b_crit, at_small
 
 
 def _effective_noise(
