@@ -250,18 +250,23 @@ def test_exact_method_cannot_run_inside_the_training_loop() -> None:
 # ---- the exact reference ---------------------------------------------------------------------
 
 
+def per_example_gradients(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The reference the exact estimator must match: one backward pass per example, stacked."""
+    grads = []
+    for index in range(len(x)):
+        model.zero_grad()
+        cross_entropy_loss(model, [x[index : index + 1], y[index : index + 1]]).backward()
+        grads.append(flat_grad(model).double().clone())
+    return torch.stack(grads)
+
+
 def test_exact_matches_a_loop_over_examples() -> None:
     task = tiny_task()
     torch.manual_seed(1)
     model = task.make_model()
     x, y = task.train_data.tensors  # type: ignore[attr-defined]
     batch = [x[:20], y[:20]]
-    grads = []
-    for index in range(20):
-        model.zero_grad()
-        cross_entropy_loss(model, [x[index : index + 1], y[index : index + 1]]).backward()
-        grads.append(flat_grad(model).double().clone())
-    stacked = torch.stack(grads)
+    stacked = per_example_gradients(model, x[:20], y[:20])
     mean = stacked.mean(0)
     trace = float(((stacked - mean) ** 2).sum() / 19)
     estimate = exact_noise_scale(task, model, batch, chunk_size=7)
@@ -285,12 +290,7 @@ def test_exact_falls_back_to_one_example_at_a_time_where_vmap_cannot_batch() -> 
     torch.manual_seed(0)
     model = TinyGRU()
     x, y = torch.randn(6, 5, 3), torch.tensor([0, 1, 1, 0, 1, 0])
-    grads = []
-    for index in range(6):
-        model.zero_grad()
-        cross_entropy_loss(model, [x[index : index + 1], y[index : index + 1]]).backward()
-        grads.append(flat_grad(model).double().clone())
-    stacked = torch.stack(grads)
+    stacked = per_example_gradients(model, x, y)
     trace = float(((stacked - stacked.mean(0)) ** 2).sum() / 5)
     estimate = exact_noise_scale(cross_entropy_loss, model, [x, y])
     assert estimate.trace_sigma == pytest.approx(trace, rel=1e-5)
