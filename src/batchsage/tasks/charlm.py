@@ -29,9 +29,10 @@ TRAIN_CHARS = 1_500_000
 VAL_CHARS = 512 * SEQ_LEN + 1
 
 
-#: Validation loss (nats per character) that counts as trained. The model reaches ≈1.45 after
-#: ~40k sequences; 1.6 is the stretch where the batch size matters (docs/tasks.md has the runs).
-TARGET_VAL_LOSS = 1.6
+#: Validation loss (nats per character) that counts as trained. 1.45 is the stretch where the
+#: curve flattens and larger batches start to pay: B=32 at a well-raced lr needs ≈13 s on one CPU
+#: thread, B=64 at a poor lr ≈34 s (docs/tasks.md has the ground-truth runs).
+TARGET_VAL_LOSS = 1.45
 
 
 def _stdlib_text(limit: int) -> str:
@@ -113,7 +114,7 @@ def make_task() -> Task:
         higher_is_better=False,
         base_batch_size=32,
         base_lr=2e-3,
-        max_samples=400_000,
+        max_samples=1_000_000,
         metric_name="val_loss",
         eval_every_samples=1_024,
         description="Python stdlib sources, char-level GRU (128 hidden), seq 64, AdamW",

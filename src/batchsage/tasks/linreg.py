@@ -23,7 +23,7 @@ from torch.utils.data import Dataset, TensorDataset
 from batchsage.task import Task
 
 DIM = 128
-CONDITION_NUMBER = 3_000.0
+CONDITION_NUMBER = 30_000.0
 NOISE_STD = 0.5
 SIGNAL_SCALE = 0.5
 TRAIN_SAMPLES = 16_384
@@ -100,7 +100,7 @@ def make_task() -> Task:
         higher_is_better=False,
         base_batch_size=32,
         base_lr=0.2,
-        max_samples=6_000_000,
+        max_samples=40_000_000,
         metric_name="val_loss",
         eval_every_samples=8_192,
         description=(
