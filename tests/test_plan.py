@@ -162,3 +162,15 @@ def test_lr_calibration_keeps_the_lr_below_one_that_diverged() -> None:
         base_batch_size=32, base_lr=0.2, scaling="linear", lr_calibration=calibration,
     )
     assert [c.lr for c in candidates] == pytest.approx([0.2, 1.6, 1.6])
+
+
+def test_lr_noise_shift_lowers_the_lr_as_the_noise_scale_grows() -> None:
+    assert plan.lr_noise_shift(32, 100, 100, "linear") == 1.0
+    grown = plan.lr_noise_shift(32, 32, 288, "linear")  # (1 + 1) / (1 + 9)
+    assert grown == pytest.approx(0.2)
+    assert plan.lr_noise_shift(32, 32, 288, "sqrt") == pytest.approx(math.sqrt(0.2))
+    assert plan.lr_noise_shift(32, 288, 32, "linear") == pytest.approx(5.0)  # and back up
+    # Far above the noise scale the batch is noise-free: the noise barely moves the best lr.
+    assert plan.lr_noise_shift(1e6, 32, 288, "linear") == pytest.approx(1.0, rel=1e-3)
+    with pytest.raises(ValueError, match="scaling"):
+        plan.lr_noise_shift(32, 1, 2, "cubic")  # type: ignore[arg-type]

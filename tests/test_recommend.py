@@ -17,7 +17,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 from typer.testing import CliRunner
 
-from batchsage import Task
+from batchsage import Task, plan
 from batchsage.cli import app
 from batchsage.recommend import Recommendation, recommend
 
@@ -178,7 +178,11 @@ def test_recommendation_uses_the_lr_race_winner(recommendation: Recommendation) 
     assert winner.lr in [r["lr"] for r in race] and winner.batch_size == calibration["batch_size"]
     at_race_batch = recommendation.candidate(calibration["batch_size"])
     if at_race_batch is not None and calibration["diverged_lr"] is None:
-        assert at_race_batch.lr == pytest.approx(winner.lr)
+        # The winner's lr, moved from the noise scale it raced at to the run's (SGD: linear rule).
+        at_race = recommendation.anchor["b_noise_at_race"]
+        shift = 1.0 if at_race is None else plan.lr_noise_shift(
+            calibration["batch_size"], at_race, recommendation.b_noise, "linear")
+        assert at_race_batch.lr == pytest.approx(winner.lr * shift)
 
 
 def test_lr_race_keeps_halving_below_a_diverging_start(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -212,3 +216,22 @@ def test_a_faster_base_racer_scales_the_steps_to_target_and_measures_the_critica
     assert raced.steps_at_pilot == pytest.approx(0.5 * plain.steps_at_pilot)
     # Against the racer, pilot B saves less (50 → 40 steps, not 100 → 40): a smaller critical batch.
     assert raced.noise.b_crit_pilot < plain.noise.b_crit_pilot
+
+
+def test_with_measured_noise_growth_the_races_noise_level_is_kept_below_the_runs_average() -> None:
+    from batchsage.recommend import NoiseSummary, fit_plan_parameters
+
+    task = noisy_classification_task(target=0.95)  # far beyond the pilots' 0.6: a long run
+    pilot_a = _run(32, 0.01, [25, 50, 100], [0.4, 0.5, 0.6])
+    pilot_b = _run(256, 0.08, [10, 20, 40], [0.4, 0.5, 0.6])
+
+    def noise(exponent: float | None) -> NoiseSummary:
+        scale = None if exponent is None else 10.0
+        return NoiseSummary(50.0, None, scale, exponent, None, None, math.nan, "")
+
+    growing = fit_plan_parameters(task, pilot_a, pilot_b, noise(0.5))
+    # The races ran to pilot A's last level: the noise scale there is the pilots' critical batch,
+    # and the run (extrapolated to a target beyond it) averages a larger one.
+    assert growing.b_noise_at_race == pytest.approx(growing.noise.b_crit_pilot)
+    assert growing.b_noise > growing.b_noise_at_race
+    assert fit_plan_parameters(task, pilot_a, pilot_b, noise(None)).b_noise_at_race is None

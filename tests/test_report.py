@@ -264,3 +264,7 @@ def test_lr_card_says_where_the_lr_was_anchored() -> None:
     assert "beat the task's 0.01" in _lr_note(raced)
     assert "kept it" in _lr_note({"anchor": {"batch_size": 32, "lr": 0.01, "task_base_lr": 0.01}})
     assert _lr_note({}) == "scaled from the task's base lr"  # an older document
+    shifted = {"anchor": {"batch_size": 32, "lr": 0.01, "task_base_lr": 0.01, "noise_shift": 0.4,
+                          "b_noise_at_race": 20.0}, "b_noise": 270.0}
+    assert "× 0.4 because the noise scale grows from ≈20" in _lr_note(shifted)
+    assert "≈270 over the run" in _lr_note(shifted)

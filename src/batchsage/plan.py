@@ -61,6 +61,20 @@ def scaled_lr(
     return base_lr * (ratio if scaling == "linear" else math.sqrt(ratio))
 
 
+def lr_noise_shift(batch_size: float, b_noise_from: float, b_noise_to: float, scaling: LrScaling) -> float:
+    """How the best lr at ``batch_size`` moves when the noise scale goes from one value to another.
+
+    ε_opt(B) = ε_max / (1 + B_noise/B) (McCandlish et al. 2018), so an lr found best where the
+    noise scale was ``b_noise_from`` becomes best × (1 + from/B) / (1 + to/B) where it is
+    ``b_noise_to``: lower as the noise grows during training. Square root of that for Adam-like
+    optimisers, as in :func:`scaled_lr`.
+    """
+    if scaling not in ("linear", "sqrt"):
+        raise ValueError(f"scaling must be 'linear' or 'sqrt', got {scaling!r}")
+    ratio = (1.0 + max(b_noise_from, 0.0) / batch_size) / (1.0 + max(b_noise_to, 0.0) / batch_size)
+    return ratio if scaling == "linear" else math.sqrt(ratio)
+
+
 @dataclass(frozen=True)
 class LrCalibration:
     """A measured correction to the lr rule: at ``batch_size`` the best lr was ``factor`` × the rule's.

@@ -284,7 +284,13 @@ def recommend(
     pilot_b = larger_pilots[-1] if larger_pilots else None
     fitted = fit_plan_parameters(loaded, pilot_a, pilot_b, noise,
                                  base_winner if base_winner is not pilot_a else None)
-    lr_calibration = _lr_calibration(anchored, larger.race_winner, fitted.b_noise, larger.diverged_lr)
+    # The races found the best lrs at the pilots' level, where the noise scale was smaller than
+    # over the whole run: the lr the plan scales from is shifted to the run's noise scale, and the
+    # larger-batch race is compared with the rule at the noise scale it raced at.
+    race_noise = fitted.b_noise_at_race if fitted.b_noise_at_race is not None else fitted.b_noise
+    noise_shift = plan.lr_noise_shift(anchored.base_batch_size, race_noise, fitted.b_noise,
+                                      loaded.resolved_lr_scaling())
+    lr_calibration = _lr_calibration(anchored, larger.race_winner, race_noise, larger.diverged_lr)
     candidates = plan.plan_candidates(
         grid,
         s_min=fitted.s_min,
@@ -292,7 +298,7 @@ def recommend(
         step_seconds=step_seconds,
         max_batch_size=ceiling,
         base_batch_size=anchored.base_batch_size,
-        base_lr=anchored.base_lr,
+        base_lr=anchored.base_lr * noise_shift,
         scaling=loaded.resolved_lr_scaling(),
         lr_calibration=lr_calibration,
     )
@@ -325,7 +331,8 @@ def recommend(
         pilots=[pilot_a, *larger_pilots],
         lr_race=base_race + larger.race,
         anchor={"batch_size": anchored.base_batch_size, "lr": anchored.base_lr,
-                "task_base_lr": loaded.base_lr},
+                "task_base_lr": loaded.base_lr, "b_noise_at_race": fitted.b_noise_at_race,
+                "noise_shift": noise_shift},
         lr_calibration=asdict(lr_calibration) if lr_calibration else None,
         explanation="",
         decision_seconds=decision_seconds,
@@ -603,7 +610,7 @@ def _diverged_lr(race: list[dict[str, Any]]) -> float | None:
 
 def _lr_calibration(task: Task, race_winner: tuple[int, float] | None, b_noise: float,
                     diverged_lr: float | None) -> plan.LrCalibration | None:
-    """The race winner's lr ÷ the lr the plan's rule gives at that batch (with the fitted B_noise)."""
+    """The race winner's lr ÷ the lr the rule gives at that batch, with ``b_noise`` where it raced."""
     if race_winner is None:  # no usable pilot B: keep only what divergence taught
         if diverged_lr is None:
             return None
@@ -650,10 +657,14 @@ def _best(metrics: list[float], higher_is_better: bool) -> float:
 @dataclass
 class FittedPlan:
     s_min: float
+    #: The noise scale averaged over the run (what S(B) and the lr rule use).
     b_noise: float
     steps_at_pilot: float
     extrapolated: bool
     noise: NoiseSummary
+    #: The calibrated noise scale at the level the lr races ran to (the pilots' B_crit), when the
+    #: noise-scale growth was measured; None otherwise.
+    b_noise_at_race: float | None = None
 
 
 def fit_plan_parameters(task: Task, pilot_a: PilotRun, pilot_b: PilotRun | None,
@@ -691,7 +702,8 @@ def fit_plan_parameters(task: Task, pilot_a: PilotRun, pilot_b: PilotRun | None,
     noise.b_noise = b_noise
     noise.method = method
     s_min = step_ratio * total_steps / (1.0 + b_noise / small.batch_size)
-    return FittedPlan(s_min, b_noise, step_ratio * total_steps, to_target.extrapolated, noise)
+    at_race = calibration * growth(level_step) if calibration is not None and growth and level_step else None
+    return FittedPlan(s_min, b_noise, step_ratio * total_steps, to_target.extrapolated, noise, at_race)
 
 
 def _critical_batch(task: Task, small: PilotRun,
@@ -762,6 +774,13 @@ def explain(rec: Recommendation, ceiling: int, base_batch_size: int) -> str:
             f"At the base batch {anchor['batch_size']}, lr {anchor['lr']:.3g} reached the first pilot's "
             f"level in fewer steps than the task's lr {anchor['task_base_lr']:.3g}, so the plan is "
             "anchored there."
+        )
+    shift, at_race = anchor.get("noise_shift", 1.0), anchor.get("b_noise_at_race")
+    if at_race is not None and abs(shift - 1.0) > 0.01:
+        parts.append(
+            f"The lr races ran early in training, where the noise scale was about {at_race:.0f}; "
+            f"over the whole run it averages about {rec.b_noise:.0f}, and the best lr falls as the "
+            f"noise grows, so the plan's lr is {shift:.2g}× the raced one."
         )
     calibration = rec.lr_calibration
     if calibration is not None and abs(math.log2(calibration["factor"])) > 0.01:

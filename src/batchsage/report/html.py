@@ -138,9 +138,15 @@ def _lr_note(document: Mapping[str, Any]) -> str:
     if lr is None or base_lr is None:
         return "scaled from the task's base lr"
     if lr == base_lr:
-        return f"scaled from the task's base lr {fmt(base_lr, '.3g')} (the lr races kept it)"
-    return (f"scaled from lr {fmt(lr, '.3g')} at B={fmt_batch(anchor.get('batch_size'))}, "
-            f"which beat the task's {fmt(base_lr, '.3g')} in the lr race")
+        note = f"scaled from the task's base lr {fmt(base_lr, '.3g')} (the lr races kept it)"
+    else:
+        note = (f"scaled from lr {fmt(lr, '.3g')} at B={fmt_batch(anchor.get('batch_size'))}, "
+                f"which beat the task's {fmt(base_lr, '.3g')} in the lr race")
+    shift, at_race = finite(anchor.get("noise_shift")), finite(anchor.get("b_noise_at_race"))
+    if shift is not None and at_race is not None and abs(shift - 1.0) > 0.01:
+        note += (f", × {fmt(shift, '.2g')} because the noise scale grows from ≈{fmt(at_race, '.0f')} "
+                 f"where the races ran to ≈{fmt(document.get('b_noise'), '.0f')} over the run")
+    return note
 
 
 def _race_rows(document: Mapping[str, Any]) -> list[list[str]]:
