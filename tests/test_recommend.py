@@ -144,12 +144,12 @@ def _fake_race(monkeypatch: pytest.MonkeyPatch, steps_at: Callable[[float], floa
 
 
 def _race(steps_at: Callable[[float], float | None],
-          monkeypatch: pytest.MonkeyPatch) -> tuple[float, list[float]]:
+          monkeypatch: pytest.MonkeyPatch, up_margin: float = 1.0) -> tuple[float, list[float]]:
     from batchsage import recommend as module
 
     tried = _fake_race(monkeypatch, steps_at)
     winner, records = module._race_lr(noisy_classification_task(), "cpu", 256, 1.0, 0.9, None,
-                                      seconds=1e9, max_steps=1000)
+                                      seconds=1e9, max_steps=1000, up_margin=up_margin)
     assert [r["lr"] for r in records] == tried
     return winner.lr, tried
 
@@ -163,6 +163,16 @@ def test_lr_race_goes_up_while_larger_lrs_are_faster_and_stops_at_divergence(
 def test_lr_race_keeps_the_lr_when_a_larger_one_is_slower(monkeypatch: pytest.MonkeyPatch) -> None:
     lr, tried = _race(lambda lr: {1.0: 100, 2.0: 101, 0.5: 95}.get(lr), monkeypatch)
     assert lr == 1.0 and tried == [1.0, 2.0, 0.5]  # ½ is faster, but not clearly
+
+
+def test_base_batch_race_goes_up_only_when_clearly_faster(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A flat race (steps within 10 % over 1-4×) keeps the starting lr at the base batch ...
+    flat = {1.0: 100, 2.0: 95, 4.0: 93, 0.5: 120}
+    lr, tried = _race(flat.get, monkeypatch, up_margin=0.9)
+    assert lr == 1.0 and tried == [1.0, 2.0, 0.5]
+    # ... and still climbs a steep one.
+    lr, _ = _race({1.0: 100, 2.0: 60, 4.0: 40, 8.0: 38}.get, monkeypatch, up_margin=0.9)
+    assert lr == 4.0
 
 
 def test_lr_race_goes_down_only_when_clearly_faster(monkeypatch: pytest.MonkeyPatch) -> None:
