@@ -144,12 +144,12 @@ def _fake_race(monkeypatch: pytest.MonkeyPatch, steps_at: Callable[[float], floa
 
 
 def _race(steps_at: Callable[[float], float | None],
-          monkeypatch: pytest.MonkeyPatch, up_margin: float = 1.0) -> tuple[float, list[float]]:
+          monkeypatch: pytest.MonkeyPatch, clear_up: bool = False) -> tuple[float, list[float]]:
     from batchsage import recommend as module
 
     tried = _fake_race(monkeypatch, steps_at)
     winner, records = module._race_lr(noisy_classification_task(), "cpu", 256, 1.0, 0.9, None,
-                                      seconds=1e9, max_steps=1000, up_margin=up_margin)
+                                      seconds=1e9, max_steps=1000, clear_up=clear_up)
     assert [r["lr"] for r in records] == tried
     return winner.lr, tried
 
@@ -168,11 +168,23 @@ def test_lr_race_keeps_the_lr_when_a_larger_one_is_slower(monkeypatch: pytest.Mo
 def test_base_batch_race_goes_up_only_when_clearly_faster(monkeypatch: pytest.MonkeyPatch) -> None:
     # A flat race (steps within 10 % over 1-4×) keeps the starting lr at the base batch ...
     flat = {1.0: 100, 2.0: 95, 4.0: 93, 0.5: 120}
-    lr, tried = _race(flat.get, monkeypatch, up_margin=0.9)
+    lr, tried = _race(flat.get, monkeypatch, clear_up=True)
     assert lr == 1.0 and tried == [1.0, 2.0, 0.5]
     # ... and still climbs a steep one.
-    lr, _ = _race({1.0: 100, 2.0: 60, 4.0: 40, 8.0: 38}.get, monkeypatch, up_margin=0.9)
+    lr, _ = _race({1.0: 100, 2.0: 60, 4.0: 40, 8.0: 38}.get, monkeypatch, clear_up=True)
     assert lr == 4.0
+
+
+def test_clearly_faster_means_beyond_what_the_validations_resolve() -> None:
+    from batchsage.recommend import LR_RACE_MARGIN, _clear_margin, _PilotSchedule
+
+    def schedule(eval_seconds: float) -> _PilotSchedule:
+        return _PilotSchedule(seconds=10.0, step_seconds=lambda b: 0.001, eval_seconds=eval_seconds)
+
+    sparse, dense = schedule(1.0), schedule(1e-4)  # 2-3 validations vs hundreds
+    assert sparse.eval_growth(32) > dense.eval_growth(32)
+    assert _clear_margin(sparse, 32) == pytest.approx(1.0 / sparse.eval_growth(32))
+    assert _clear_margin(sparse, 32) < _clear_margin(dense, 32) <= LR_RACE_MARGIN
 
 
 def test_lr_race_goes_down_only_when_clearly_faster(monkeypatch: pytest.MonkeyPatch) -> None:

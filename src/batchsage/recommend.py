@@ -532,16 +532,16 @@ LR_RACE_MARGIN = 0.9
 
 def _race_lr(task: Task, device: Any, batch_size: int, start_lr: float, level: float,
              schedule: _PilotSchedule, seconds: float, max_steps: int | None,
-             first: PilotRun | None = None, up_margin: float = 1.0) -> tuple[PilotRun, list[dict[str, Any]]]:
+             first: PilotRun | None = None, clear_up: bool = False) -> tuple[PilotRun, list[dict[str, Any]]]:
     """Which lr to train ``batch_size`` with: ``start_lr`` or it ×/÷ LR_RACE_STEP, up to LR_RACE_ROUNDS times.
 
     Each racer trains until it reaches ``level``. Going up, a larger lr wins when it reaches the
     level in fewer steps than the best so far. The race is short, and its bias cuts both ways: at a
     large batch a larger lr pays off more by the target than early (measured on the built-in
     tasks' ground truths), at a small batch its higher noise floor can stall it near the target;
-    so a larger lr must need fewer steps to win (``up_margin`` × the best steps: 1 at a large
-    batch, LR_RACE_MARGIN at the base batch). If the first step up loses, the lr goes down while
-    each step down is clearly faster (fewer than LR_RACE_MARGIN × the best steps). A racer is
+    so a larger lr must need fewer steps to win (clearly fewer with ``clear_up``, at the base
+    batch). If the first step up loses, the lr goes down while each step down is clearly faster.
+    Clearly: by more than the validations can resolve (:func:`_clear_margin`). A racer is
     cut once it can no longer win, so each challenger costs at most what the first racer did; the
     race takes ``seconds`` or LR_RACE_MIN_RACERS × the first racer's time, whichever is longer.
     ``first``: a run at ``start_lr`` made already (pilot A, which ran past the level); the race then
@@ -560,7 +560,8 @@ def _race_lr(task: Task, device: Any, batch_size: int, start_lr: float, level: f
         return budget - (time.perf_counter() - started)
 
     records = [_race_record(leader, start_lr, best_steps)]
-    for direction, allowance in ((LR_RACE_STEP, up_margin), (1.0 / LR_RACE_STEP, LR_RACE_MARGIN)):
+    clear = _clear_margin(schedule, batch_size)
+    for direction, allowance in ((LR_RACE_STEP, clear if clear_up else 1.0), (1.0 / LR_RACE_STEP, clear)):
         moved = False
         lr = leader.lr
         for _ in range(LR_RACE_ROUNDS):
@@ -583,6 +584,15 @@ def _race_lr(task: Task, device: Any, batch_size: int, start_lr: float, level: f
     return leader, records
 
 
+def _clear_margin(schedule: _PilotSchedule | None, batch_size: int) -> float:
+    """Step ratio below which a racer is clearly faster: LR_RACE_MARGIN, or finer than the
+    validations resolve. Pilots validate on a geometric schedule (steps × eval_growth), so a
+    level crossing is placed within one such interval; a smaller gain may be where it fell."""
+    if schedule is None:
+        return LR_RACE_MARGIN
+    return min(LR_RACE_MARGIN, 1.0 / schedule.eval_growth(batch_size))
+
+
 def _best_level(task: Task, run: PilotRun) -> float:
     """The best validation metric ``run`` reached (NaN if none was finite)."""
     return _best(run.steps_and_metrics()[1], task.higher_is_better)
@@ -593,8 +603,8 @@ def _race_base_lr(task: Task, device: Any, pilot_a: PilotRun,
     """Race learning rates at the base batch against pilot A, to the best level pilot A reached.
 
     The user's base lr is a guess as often as the batch size is: a racer ×2 (and on) or ÷2 that
-    reaches pilot A's level in clearly fewer steps (< LR_RACE_MARGIN ×) becomes the anchor of the
-    plan. Clearly, in both directions: at the base batch the steps to an early level are often
+    reaches pilot A's level in clearly fewer steps (:func:`_clear_margin`) becomes the anchor of
+    the plan. Clearly, in both directions: at the base batch the steps to an early level are often
     flat over a 4-8× range of lrs (gradient noise cancels what a larger lr gains), and near the
     target the larger lr's higher noise floor costs steps the race cannot see (digits-mlp's
     ground truth: flat race over 0.02-0.08, best lr for the target 0.01-0.02). Each challenger
@@ -606,7 +616,7 @@ def _race_base_lr(task: Task, device: Any, pilot_a: PilotRun,
     if math.isinf(steps_a) or pilot_a.diverged:
         return pilot_a, []
     return _race_lr(task, device, pilot_a.batch_size, pilot_a.lr, level, schedule,
-                    2.0 * schedule.seconds, math.ceil(steps_a), first=pilot_a, up_margin=LR_RACE_MARGIN)
+                    2.0 * schedule.seconds, math.ceil(steps_a), first=pilot_a, clear_up=True)
 
 
 def _diverged_lr(race: list[dict[str, Any]]) -> float | None:
