@@ -355,12 +355,17 @@ def summary_sentence(rows: Sequence[BatchTime], poor: Time | None, info: TaskInf
 def goal_sentence(rows: Sequence[BatchTime]) -> str:
     best = best_time(rows)
     low, high = GOAL_SECONDS
+    aim = f"Calibration aim (a well-chosen B reaches the target in roughly {low:g}–{high:g} s)"
     if best is None:
-        return f"Calibration goal (a well-chosen B reaches the target in {low:g}–{high:g} s): not met."
+        return f"{aim}: not measured."
     seconds = best.time.seconds
-    verdict = "met" if low <= seconds <= high else (
-        f"not met (under {low:g} s)" if seconds < low else f"not met (over {high:g} s)")
-    return f"Calibration goal (a well-chosen B reaches the target in {low:g}–{high:g} s): {verdict}."
+    if low <= seconds <= high:
+        verdict = "met"
+    elif seconds < low:
+        verdict = f"{seconds:.1f} s is {100 * (1 - seconds / low):.0f} % under {low:g} s"
+    else:
+        verdict = f"{seconds:.1f} s is {100 * (seconds / high - 1):.0f} % over {high:g} s"
+    return f"{aim}: {verdict}."
 
 
 def task_section(info: TaskInfo, rows: Sequence[BatchTime] | None, poor: Time | None,

@@ -82,7 +82,7 @@ def test_best_and_poor_choice() -> None:
     assert poor is not None and poor.seconds == pytest.approx(12.0)
     sentence = tt.summary_sentence(rows, poor, INFO)
     assert "B=128 at lr 0.04, 4.0 s" in sentence and "12.0 s, 3.00× as long" in sentence
-    assert tt.goal_sentence(rows).endswith("not met (under 10 s).")
+    assert tt.goal_sentence(rows).endswith("4.0 s is 60 % under 10 s.")
 
 
 def test_task_times_runs_use_their_own_clock_and_a_time_limit_is_a_lower_bound() -> None:
