@@ -322,7 +322,7 @@ def test_linreg_estimate_matches_the_closed_form_at_the_initial_point() -> None:
 
 
 def narrow_digits(hidden: int) -> Task:
-    """The digits task's data with a narrower MLP: the built-in width makes every step 4-16× dearer."""
+    """The digits task's data with a narrower MLP: the built-in width makes every step far dearer."""
     from batchsage.tasks.digits import make_task
 
     return make_task(hidden=hidden)
