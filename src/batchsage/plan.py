@@ -55,10 +55,7 @@ def scaled_lr(
     ``linear`` (SGD-like): base_lr · (1 + B_noise/B0)/(1 + B_noise/B).
     ``sqrt`` (Adam-like): base_lr · sqrt of that ratio.
     """
-    if scaling not in ("linear", "sqrt"):
-        raise ValueError(f"scaling must be 'linear' or 'sqrt', got {scaling!r}")
-    ratio = lr_ratio(batch_size, base_batch_size, b_noise)
-    return base_lr * (ratio if scaling == "linear" else math.sqrt(ratio))
+    return base_lr * _scaled(lr_ratio(batch_size, base_batch_size, b_noise), scaling)
 
 
 def lr_noise_shift(batch_size: float, b_noise_from: float, b_noise_to: float, scaling: LrScaling) -> float:
@@ -69,9 +66,14 @@ def lr_noise_shift(batch_size: float, b_noise_from: float, b_noise_to: float, sc
     ``b_noise_to``: lower as the noise grows during training. Square root of that for Adam-like
     optimisers, as in :func:`scaled_lr`.
     """
+    ratio = (1.0 + max(b_noise_from, 0.0) / batch_size) / (1.0 + max(b_noise_to, 0.0) / batch_size)
+    return _scaled(ratio, scaling)
+
+
+def _scaled(ratio: float, scaling: LrScaling) -> float:
+    """An SGD-rule lr ratio as ``scaling`` applies it: as is (linear) or its square root (Adam-like)."""
     if scaling not in ("linear", "sqrt"):
         raise ValueError(f"scaling must be 'linear' or 'sqrt', got {scaling!r}")
-    ratio = (1.0 + max(b_noise_from, 0.0) / batch_size) / (1.0 + max(b_noise_to, 0.0) / batch_size)
     return ratio if scaling == "linear" else math.sqrt(ratio)
 
 
