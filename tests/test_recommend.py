@@ -257,3 +257,40 @@ def test_with_measured_noise_growth_the_races_noise_level_is_kept_below_the_runs
     assert growing.b_noise_at_race == pytest.approx(growing.noise.b_crit_pilot)
     assert growing.b_noise > growing.b_noise_at_race
     assert fit_plan_parameters(task, pilot_a, pilot_b, noise(None)).b_noise_at_race is None
+
+
+def test_the_lr_at_the_chosen_batch_is_raced_when_the_plan_interpolated_it(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from batchsage import recommend as module
+
+    tried = _fake_race(monkeypatch, {1.0: 100, 2.0: 40, 4.0: 38, 0.5: 200}.get)
+    chosen = plan.Candidate(128, 128, 1, 1.0, 0, 10.0, 0.01, 0.1, True)
+    pilot_a = _run(32, 0.1, [100, 200], [0.5, 0.9])
+    schedule = module._PilotSchedule(seconds=10.0, step_seconds=lambda b: 1e-3, eval_seconds=1e-9)
+    winner, records = module._race_chosen_lr(noisy_classification_task(), "cpu", chosen, pilot_a, pilot_a,
+                                             schedule)
+    # 2× is clearly faster than the planned lr; 4× is not clearly faster than 2×.
+    assert winner.lr == 2.0 and tried == [1.0, 2.0, 4.0]
+    raced = plan.LrCalibration(32, 512, 4.0)  # 2× at 128 by interpolation
+    checked = module._with_chosen_check(raced, noisy_classification_task(), 128, 0.5, winner, records)
+    assert checked(128) == pytest.approx(4.0)  # the winner ÷ the rule's 0.5
+    assert checked.apply(128, 0.5) == pytest.approx(2.0) and checked(512) == 4.0
+
+
+def test_recommend_races_the_chosen_batch_when_no_race_ran_there(monkeypatch: pytest.MonkeyPatch) -> None:
+    from batchsage import recommend as module
+
+    def choose_64(candidates: list[plan.Candidate], tolerance: float = 0.03) -> plan.Candidate:
+        return next(c for c in candidates if c.batch_size == 64)  # between the base race and pilot B's
+
+    monkeypatch.setattr(module.plan, "choose", choose_64)
+    rec = recommend(noisy_classification_task(), budget_seconds=4.0, progress=False)
+    assert rec.batch_size == 64
+    at_64 = [r for r in rec.lr_race if r["batch_size"] == 64]
+    assert at_64 and "check_lr" in rec.phase_seconds
+    won = [r for r in at_64 if r["won"]]
+    if won:  # the plan's lr at 64 is the race's winner
+        assert rec.lr == pytest.approx(won[0]["lr"])
+    candidate = rec.candidate(64)
+    assert candidate is not None and candidate.lr == pytest.approx(rec.lr)
+    assert "A race at B=64" in rec.explanation
