@@ -25,6 +25,11 @@ Protocol (DESIGN.md "Measuring whether a recommendation is right"; docs/groundtr
    target = steps to target × t(B); a grid trial the sweep cut on its clock that could still be
    the best (or that a strategy chose) is re-run, cut by steps × t(B). Best = the configuration
    with the smallest median over seeds; regret and decision cost per strategy.
+5. The best configuration is re-trained on ``--heldout-seeds`` (2) seeds no grid trial used: the
+   fastest of dozens of noisy medians is biased low, and its time on fresh seeds says by how much
+   (``best_heldout.ratio_to_grid_best``); regret is still taken against the grid's best.
+6. ``--repeat-decisions N``: N more batchsage decisions, each trained on the grid's seeds
+   (``batchsage_decisions``: every decision's regret, their median and worst).
 
 Resumable: the sweeps live in an Optuna SQLite storage (``~/.cache/batchsage/groundtruth/<task>.db``,
 outside the repository) and every decision and strategy run is saved in the output JSON as soon as it is made,
@@ -88,9 +93,16 @@ class Settings:
     threads: int | None = 1
     timing_rounds: int = 5
     lr_extensions: int = 2
+    #: Fresh seeds the grid's best is re-trained on (0: none), to measure its selection luck.
+    heldout_seeds: int = 2
+    #: Further independent batchsage decisions, each trained and scored like the first.
+    repeat_decisions: int = 0
 
     def seed_list(self, task: Task) -> list[int]:
         return [task.seed + index for index in range(self.seeds)]
+
+    def heldout_seed_list(self, task: Task) -> list[int]:
+        return [task.seed + self.seeds + index for index in range(self.heldout_seeds)]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -203,8 +215,9 @@ def make_decisions(task: Task, settings: Settings, state: State, console: Consol
     for name in settings.redecide:
         if decisions.get("choices", {}).pop(name, None) is not None:
             console.print(f"[bold]discarding[/] {name}'s saved decision (--redecide)")
-        if name == "batchsage":
+        if name == "batchsage":  # its repeats came from the same (older) recommender
             decisions.pop("recommendation", None)
+            state.document.pop("repeat_decisions", None)
     if "ceiling" not in decisions:
         with console.status("probing the memory ceiling"):
             ceiling, memory = memory_ceiling(task, settings)
@@ -805,6 +818,9 @@ def _run_groundtruth(task_spec: str | Task, out: Path, settings: Settings,
         runs, reused = strategy_trials(choice, grid, state, seeds, task, settings, step_seconds,
                                        best.seconds_to_target, console)
         results[name] = strategy_result(choice, runs, reused, step_seconds, best.seconds_to_target)
+    heldout = best_on_fresh_seeds(task, best, grid, state, settings, step_seconds, console)
+    repeats = repeated_decisions(task, grid, state, seeds, settings, step_seconds, best.seconds_to_target,
+                                 console)
     all_trials = grid + state.strategy_runs()
     document.update({
         "grid": grid_rows(grid, step_seconds),
@@ -814,7 +830,9 @@ def _run_groundtruth(task_spec: str | Task, out: Path, settings: Settings,
         "configs": [_summary_row(s) for s in summaries],
         "best": {"batch_size": best.batch_size, "lr": best.lr,
                  "seconds_to_target": best.seconds_to_target},
+        "best_heldout": heldout,
         "strategies": results,
+        "batchsage_decisions": decision_spread(results.get("batchsage"), repeats),
         "goal": goal_check(results),
         "diagnosis": diagnose(state.decisions.get("recommendation"), all_trials, step_seconds),
         "status": "complete",
@@ -822,6 +840,78 @@ def _run_groundtruth(task_spec: str | Task, out: Path, settings: Settings,
     document["load_average"]["end"] = load_average()
     state.save()
     return document
+
+
+def best_on_fresh_seeds(task: Task, best: regret_lib.ConfigSummary, grid: list[Trial], state: State,
+                        settings: Settings, step_seconds: dict[int, float],
+                        console: Console) -> dict[str, Any] | None:
+    """The grid's best (B, lr) re-trained on seeds no grid trial used.
+
+    The best is the fastest of dozens of configurations, each a median of a few noisy seeds, so
+    its grid time is biased low (the winner's curse) and every strategy's regret high by as much.
+    Re-trained on fresh seeds, the same configuration's time says how large that bias is here:
+    a regret below this ratio is within the grid's own noise.
+    """
+    seeds = settings.heldout_seed_list(task)
+    if not seeds:
+        return None
+    choice = Choice(name="best, fresh seeds", batch_size=best.batch_size, lr=best.lr, decision_seconds=0.0)
+    runs, _ = strategy_trials(choice, grid, state, seeds, task, settings, step_seconds,
+                              best.seconds_to_target, console)
+    times = [regret_lib.time_to_target(run, step_seconds) for run in runs]
+    median = regret_lib.median_time(times)
+    return {
+        "batch_size": best.batch_size, "lr": best.lr, "seeds": seeds,
+        "seconds_to_target": median if math.isfinite(median) else None,
+        "per_seed_seconds": [t if math.isfinite(t) else None for t in times],
+        "ratio_to_grid_best": median / best.seconds_to_target if math.isfinite(median) else None,
+    }
+
+
+def repeated_decisions(task: Task, grid: list[Trial], state: State, seeds: list[int], settings: Settings,
+                       step_seconds: dict[int, float], best_seconds: float,
+                       console: Console) -> list[dict[str, Any]]:
+    """``settings.repeat_decisions`` more batchsage decisions, each trained on the grid's seeds.
+
+    The recommender's pilots and races are short noisy runs, so two decisions on the same task
+    can differ; one decision's regret is one draw. Each decision is saved as soon as it is made
+    (a resumed run keeps them and adds any missing), its runs like a strategy's.
+    """
+    if "batchsage" not in settings.strategies:
+        return []
+    saved = state.document.setdefault("repeat_decisions", [])
+    while len(saved) < settings.repeat_decisions:
+        console.print(f"[bold]deciding[/] batchsage again ({len(saved) + 2} of "
+                      f"{settings.repeat_decisions + 1})")
+        choice, _ = strategies.choose_batchsage(
+            task, device=settings.device, memory_budget_bytes=settings.memory_budget_bytes,
+            budget_seconds=settings.recommend_budget_seconds, progress=settings.progress)
+        console.print(f"  batchsage: B={choice.batch_size}, lr={choice.lr:.4g}, "
+                      f"decision {choice.decision_seconds:.1f} s")
+        saved.append(choice.to_dict())
+        state.save()
+    results = []
+    for index, data in enumerate(saved):
+        choice = Choice.from_dict(f"batchsage #{index + 2}", data)
+        runs, reused = strategy_trials(choice, grid, state, seeds, task, settings, step_seconds, best_seconds,
+                                       console)
+        results.append(strategy_result(choice, runs, reused, step_seconds, best_seconds))
+    return results
+
+
+def decision_spread(first: dict[str, Any] | None, repeats: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """batchsage's regret over every decision made on this task: the spread a user can expect."""
+    if first is None or not repeats:
+        return None
+    decisions = [first, *repeats]
+    regrets = [d["regret"] if d["regret"] is not None else math.inf for d in decisions]
+    return {
+        "decisions": [{key: d[key] for key in ("batch_size", "lr", "regret", "decision_seconds",
+                                               "decision_cost", "per_seed_seconds")} for d in decisions],
+        "median_regret": statistics.median(regrets),
+        "worst_regret": max(regrets),
+        "median_decision_seconds": statistics.median(d["decision_seconds"] for d in decisions),
+    }
 
 
 def _best_or_fail(task: Task, trials: list[Trial],
@@ -911,6 +1001,12 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, S
     parser.add_argument("--redecide", default="",
                         help="comma-separated strategies whose saved decision is made again (e.g. "
                              "batchsage after a change to the recommender); the grid is kept")
+    parser.add_argument("--heldout-seeds", type=int, default=2,
+                        help="fresh seeds the grid's best is re-trained on, to measure how much its "
+                             "grid time owes to selection among noisy configurations (0: skip)")
+    parser.add_argument("--repeat-decisions", type=int, default=0,
+                        help="further independent batchsage decisions, each trained on the grid's "
+                             "seeds: the spread of its regret from one decision to the next")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     names = tuple(n.strip() for n in args.strategies.split(",") if n.strip())
@@ -920,6 +1016,8 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, S
         raise ConfigError(f"unknown strategies {unknown}: choose from {', '.join(strategies.STRATEGIES)}")
     if args.seeds < 1:
         raise ConfigError(f"--seeds must be at least 1, got {args.seeds}")
+    if args.heldout_seeds < 0 or args.repeat_decisions < 0:
+        raise ConfigError("--heldout-seeds and --repeat-decisions must be 0 or more")
     budget = _parse_size(args.memory_budget) if args.memory_budget else None
     settings = Settings(
         seeds=args.seeds, memory_budget_bytes=budget, device=args.device,
@@ -928,7 +1026,8 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, S
         recommend_budget_seconds=args.recommend_budget_seconds,
         strategies=names, progress=not args.no_progress, storage_dir=args.storage_dir,
         threads=args.threads or None, timing_rounds=args.timing_rounds,
-        lr_extensions=args.lr_extensions, redecide=redecide,
+        lr_extensions=args.lr_extensions, redecide=redecide, heldout_seeds=args.heldout_seeds,
+        repeat_decisions=args.repeat_decisions,
     )
     return args, settings
 

@@ -216,6 +216,13 @@ def test_groundtruth_smoke_run_on_a_tiny_task_2x2_grid(tiny_task, tmp_path: Path
         assert result["decision_cost"] == pytest.approx(
             result["decision_seconds"] / best["seconds_to_target"])
     assert saved["strategies"]["default32"]["decision_seconds"] == 0.0
+    # The best is re-trained on seeds the grid never used, and its ratio to the grid time kept.
+    heldout = saved["best_heldout"]
+    assert heldout["seeds"] == [2, 3] and (heldout["batch_size"], heldout["lr"]) == (best["batch_size"],
+                                                                                      best["lr"])
+    if heldout["seconds_to_target"] is not None:
+        assert heldout["ratio_to_grid_best"] == pytest.approx(
+            heldout["seconds_to_target"] / best["seconds_to_target"])
     # Resuming a finished run starts over only when asked; the rows keep their fields.
     assert set(saved["grid"][0]) >= {"batch_size", "lr", "seed", "reached_target", "seconds_to_target",
                                      "steps_to_target", "step_seconds"}
@@ -312,3 +319,35 @@ def test_redecide_discards_only_the_named_saved_decision(tmp_path: Path) -> None
 def test_redecide_rejects_an_unknown_strategy(tmp_path: Path) -> None:
     with pytest.raises(groundtruth.ConfigError, match="unknown strategies"):
         groundtruth.parse_args(["--task", "linreg", "--out", str(tmp_path / "r.json"), "--redecide", "x"])
+
+
+def test_repeated_decisions_are_saved_resumed_and_summarised(tiny_task, tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    from rich.console import Console
+
+    made: list[int] = []
+
+    def decide(task: object, **kwargs: object) -> tuple[gt_strategies.Choice, None]:
+        made.append(1)
+        return gt_strategies.Choice("batchsage", 16, 0.05 * len(made), decision_seconds=2.0), None
+
+    monkeypatch.setattr(gt_strategies, "choose_batchsage", decide)
+    monkeypatch.setattr(groundtruth, "strategy_trials", lambda choice, *args: (
+        [trial(choice.batch_size, choice.lr, seed, round(100 / choice.lr), 0.01) for seed in (0, 1)], False))
+    path = tmp_path / "r.json"
+    state = groundtruth.State(path, {"decisions": {}})
+    settings = groundtruth.Settings(repeat_decisions=2, strategies=("batchsage",), progress=False)
+    quiet = Console(file=None, quiet=True)
+    step_seconds = {16: 0.01}
+    repeats = groundtruth.repeated_decisions(tiny_task, [], state, [0, 1], settings, step_seconds, 10.0,
+                                             quiet)
+    assert len(made) == 2 and [r["lr"] for r in repeats] == pytest.approx([0.05, 0.1])
+    again = groundtruth.repeated_decisions(tiny_task, [], groundtruth.State.load(path), [0, 1], settings,
+                                           step_seconds, 10.0, quiet)
+    assert len(made) == 2 and again == repeats  # resumed from the saved decisions, none re-made
+    first = dict(repeats[1], regret=None)  # a first decision that never reached the target
+    spread = groundtruth.decision_spread(first, repeats)
+    assert spread is not None and len(spread["decisions"]) == 3
+    assert spread["worst_regret"] == math.inf
+    assert spread["median_regret"] == pytest.approx(max(r["regret"] for r in repeats))
+    assert groundtruth.decision_spread(first, []) is None
