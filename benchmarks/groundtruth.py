@@ -908,10 +908,14 @@ def decision_spread(first: dict[str, Any] | None, repeats: list[dict[str, Any]])
     return {
         "decisions": [{key: d[key] for key in ("batch_size", "lr", "regret", "decision_seconds",
                                                "decision_cost", "per_seed_seconds")} for d in decisions],
-        "median_regret": statistics.median(regrets),
-        "worst_regret": max(regrets),
+        "median_regret": _finite_or_none(statistics.median(regrets)),  # None: not reached
+        "worst_regret": _finite_or_none(max(regrets)),
         "median_decision_seconds": statistics.median(d["decision_seconds"] for d in decisions),
     }
+
+
+def _finite_or_none(value: float) -> float | None:
+    return value if math.isfinite(value) else None
 
 
 def _best_or_fail(task: Task, trials: list[Trial],

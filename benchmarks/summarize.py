@@ -124,6 +124,10 @@ def render_summary(documents: Sequence[dict[str, Any]]) -> str:
         lines.append(f"batchsage: median regret {statistics.median(regrets):.2f}, "
                      f"worst {max(regrets):.2f} over {len(regrets)} task(s).")
         lines.append("")
+    spread = render_decision_spread(documents)
+    if spread:
+        lines += ["batchsage decided more than once (each decision trained on the grid's seeds; the "
+                  "table shows the first):", "", spread, ""]
     diagnosis = render_diagnosis(documents)
     if diagnosis:
         lines += [
@@ -139,6 +143,28 @@ def render_summary(documents: Sequence[dict[str, Any]]) -> str:
     lines.extend(f"- `{m}`" for m in sorted(machines))
     lines.append("")
     return "\n".join(lines)
+
+
+def render_decision_spread(documents: Sequence[dict[str, Any]]) -> str:
+    """One row per task with repeated decisions: each decision's (B, lr) and regret, and their median."""
+    rows = []
+    for document in documents:
+        spread = document.get("batchsage_decisions")
+        if not spread:
+            continue
+        picks = ", ".join(f"B={d['batch_size']} lr={d['lr']:.3g}: {_regret_text(d['regret'])}"
+                          for d in spread["decisions"])
+        rows.append(f"| {document['task']} | {len(spread['decisions'])} | {picks} | "
+                    f"{_regret_text(spread['median_regret'])} | {_regret_text(spread['worst_regret'])} | "
+                    f"{spread['median_decision_seconds']:.0f} |")
+    if not rows:
+        return ""
+    header = "| task | decisions | each decision: regret | median regret | worst | median decision s |"
+    return "\n".join([header, "|---|---:|---|---:|---:|---:|", *rows])
+
+
+def _regret_text(regret: float | None) -> str:
+    return "not reached" if regret is None else f"{regret:.2f}"
 
 
 def render_diagnosis(documents: Sequence[dict[str, Any]]) -> str:

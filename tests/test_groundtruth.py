@@ -176,6 +176,12 @@ def _document(task: str = "toy") -> dict:
 def test_summary_table_has_one_row_per_task_and_the_numbers(tmp_path: Path) -> None:
     for name in ("b-task", "a-task"):
         (tmp_path / f"{name}.json").write_text(json.dumps(_document(name)))
+    repeated = dict(_document("c-task"), best_heldout={"ratio_to_grid_best": 1.13},
+                    batchsage_decisions={"decisions": [
+                        {"batch_size": 32, "lr": 0.2, "regret": 1.0},
+                        {"batch_size": 64, "lr": 0.4, "regret": None}],
+                        "median_regret": None, "worst_regret": None, "median_decision_seconds": 0.3})
+    (tmp_path / "c-task.json").write_text(json.dumps(repeated))
     (tmp_path / "notes.json").write_text("[]")  # not a result: ignored
     assert summarize.main(["--results", str(tmp_path)]) == 0
     text = (tmp_path / "SUMMARY.md").read_text()
@@ -185,6 +191,9 @@ def test_summary_table_has_one_row_per_task_and_the_numbers(tmp_path: Path) -> N
     assert "1.67 / 0.00 (B=16)" in rows[1]
     assert "≥ 3.4" in rows[1]
     assert "no: cost ≤ 0.10" in rows[1] and "2025-01-02" in rows[1]
+    assert "| 1.13× |" in rows[3] and "| – |" in rows[1]  # the best on fresh seeds, where measured
+    spread = [row for row in rows if row.startswith("| c-task | 2 |")]
+    assert spread and "B=64 lr=0.4: not reached" in spread[0] and "| not reached | not reached |" in spread[0]
     assert (tmp_path / "a-task.png").stat().st_size > 1000
 
 
@@ -348,6 +357,6 @@ def test_repeated_decisions_are_saved_resumed_and_summarised(tiny_task, tmp_path
     first = dict(repeats[1], regret=None)  # a first decision that never reached the target
     spread = groundtruth.decision_spread(first, repeats)
     assert spread is not None and len(spread["decisions"]) == 3
-    assert spread["worst_regret"] == math.inf
+    assert spread["worst_regret"] is None  # never reached
     assert spread["median_regret"] == pytest.approx(max(r["regret"] for r in repeats))
     assert groundtruth.decision_spread(first, []) is None
