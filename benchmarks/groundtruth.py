@@ -883,9 +883,11 @@ def repeated_decisions(task: Task, grid: list[Trial], state: State, seeds: list[
     while len(saved) < settings.repeat_decisions:
         console.print(f"[bold]deciding[/] batchsage again ({len(saved) + 2} of "
                       f"{settings.repeat_decisions + 1})")
-        choice, _ = strategies.choose_batchsage(
+        choice, rec = strategies.choose_batchsage(
             task, device=settings.device, memory_budget_bytes=settings.memory_budget_bytes,
             budget_seconds=settings.recommend_budget_seconds, progress=settings.progress)
+        if rec is not None:  # what a diagnosis of the spread needs, not the whole recommendation
+            choice.details.update(lr_race=rec.lr_race, anchor=rec.anchor, lr_calibration=rec.lr_calibration)
         console.print(f"  batchsage: B={choice.batch_size}, lr={choice.lr:.4g}, "
                       f"decision {choice.decision_seconds:.1f} s")
         saved.append(choice.to_dict())
