@@ -451,6 +451,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--task", help="built-in task name or path/to/file.py:ATTR")
     parser.add_argument("--replot", type=Path, default=None, help="only redraw the plot of this results file")
     parser.add_argument("--seeds", type=int, default=3, help="seeds per strategy (≥ 3)")
+    parser.add_argument("--first-seed", type=int, default=0,
+                        help="seeds are task.seed + first-seed + 0, 1, …: a replication on fresh seeds")
     parser.add_argument("--groundtruth", type=Path, default=None,
                         help="ground-truth results (default: benchmarks/results/<task>.json if present)")
     parser.add_argument("--starts", default="best,base",
@@ -502,7 +504,8 @@ def main(argv: list[str] | None = None) -> int:
     groundtruth = args.groundtruth or results_dir / f"{task.name}.json"
     document: dict[str, Any] = {
         "status": "partial", "task": task.name, "metric": task.metric_name, "target": task.target,
-        "higher_is_better": task.higher_is_better, "seeds": [task.seed + i for i in range(args.seeds)],
+        "higher_is_better": task.higher_is_better,
+        "seeds": [task.seed + args.first_seed + i for i in range(args.seeds)],
         "task_definition": {"train_samples": task.num_train_samples, "val_samples": task.num_val_samples,
                             "base_batch_size": task.base_batch_size, "base_lr": task.base_lr,
                             "max_samples": task.max_samples, "description": task.description},
