@@ -21,7 +21,8 @@ Protocol (DESIGN.md "Measuring whether a recommendation is right"; docs/groundtr
 3. Strategy choices that are not plain grid points (batchsage's warmup or accumulation) are trained
    for every seed with the same loop (after step 4's timing, cut at the censor bound in steps).
 4. t(B) for every batch size used: interleaved timing rounds (every round visits every B in a new
-   random order) pooled with the grid trials' own median step times (the median of both). Time to
+   random order) pooled with the grid trials' own median step times (the median of both), fixed
+   when the run first completes (a resume adds t(B) only for a new B). Time to
    target = steps to target × t(B); a grid trial the sweep cut on its clock that could still be
    the best (or that a strategy chose) is re-run, cut by steps × t(B). Best = the configuration
    with the smallest median over seeds; regret and decision cost per strategy.
@@ -604,6 +605,17 @@ def combined_step_seconds(timing: strategies.StepTiming, grid: list[Trial]) -> d
     return {b: statistics.median(values) for b, values in samples.items() if values}
 
 
+def frozen_step_seconds(document: dict[str, Any], pooled: dict[int, float]) -> dict[int, float]:
+    """t(B) as the first completed run of this result fixed it; pooled only for a B it lacks.
+
+    Trials added on a later resume (a re-decided strategy's new grid points, run under another
+    load) would otherwise move the pooled median, and every time to target and the best with it:
+    measured here, charlm's t(32) rose 8 % when one strategy point was added beside a busy peer.
+    """
+    saved = document.get("step_seconds_by_batch") or {}
+    return {b: float(saved.get(str(b), seconds)) for b, seconds in pooled.items()}
+
+
 # --------------------------------------------------------------------------------------------------
 # Phase 4: results
 # --------------------------------------------------------------------------------------------------
@@ -805,7 +817,7 @@ def _run_groundtruth(task_spec: str | Task, out: Path, settings: Settings,
     micro_sizes = {c.batch_size // c.accumulation_steps for c in choices.values()}
     timed = sorted({t.batch_size for t in grid} | micro_sizes)
     timing = measure_step_times(task, timed, settings, state, console)
-    step_seconds = combined_step_seconds(timing, grid)
+    step_seconds = frozen_step_seconds(document, combined_step_seconds(timing, grid))
     best = _best_or_fail(task, grid, step_seconds)
     chosen = {regret_lib.config_key(c.batch_size, c.lr, c.accumulation_steps, c.warmup_steps)
               for c in choices.values()}

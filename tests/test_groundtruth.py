@@ -360,3 +360,10 @@ def test_repeated_decisions_are_saved_resumed_and_summarised(tiny_task, tmp_path
     assert spread["worst_regret"] is None  # never reached
     assert spread["median_regret"] == pytest.approx(max(r["regret"] for r in repeats))
     assert groundtruth.decision_spread(first, []) is None
+
+
+def test_step_times_are_fixed_once_a_run_completed() -> None:
+    pooled = {32: 0.035, 64: 0.048, 128: 0.1}
+    assert groundtruth.frozen_step_seconds({}, pooled) == pooled  # first completion: pooled
+    completed = {"step_seconds_by_batch": {"32": 0.032, "64": 0.048}}
+    assert groundtruth.frozen_step_seconds(completed, pooled) == {32: 0.032, 64: 0.048, 128: 0.1}
