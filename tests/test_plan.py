@@ -153,19 +153,6 @@ def test_lr_calibration_grows_geometrically_from_the_base_to_the_race_batch() ->
     assert calibration(512) == 4.0 and calibration(4096) == 4.0
 
 
-def test_lr_calibration_runs_through_a_check_at_the_chosen_batch() -> None:
-    raced = plan.LrCalibration(base_batch_size=32, batch_size=512, factor=4.0)
-    checked = raced.with_check(128, 8.0, diverged_lr=10.0)
-    assert checked.points() == [(32, 1.0), (128, 8.0), (512, 4.0)]
-    assert checked(128) == 8.0 and raced(128) == pytest.approx(2.0)
-    assert checked(64) == pytest.approx(math.sqrt(8.0))  # geometric between base and check
-    assert checked(256) == pytest.approx(math.sqrt(32.0))  # between the check and the race
-    assert checked(16) == 1.0 and checked(2048) == 4.0
-    assert checked.diverged_lr == 10.0
-    below = raced.with_check(8, 0.5)  # a check below the base batch bends the small end
-    assert below(8) == 0.5 and below(4) == 0.5 and below(32) == 1.0
-
-
 def test_lr_calibration_keeps_the_lr_below_one_that_diverged() -> None:
     calibration = plan.LrCalibration(32, 256, factor=2.0, diverged_lr=3.2)
     assert calibration.apply(256, 0.5) == pytest.approx(1.0)

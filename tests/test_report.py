@@ -268,7 +268,3 @@ def test_lr_card_says_where_the_lr_was_anchored() -> None:
                           "b_noise_at_race": 20.0}, "b_noise": 270.0}
     assert "× 0.4 because the noise scale grows from ≈20" in _lr_note(shifted)
     assert "≈270 over the run" in _lr_note(shifted)
-    checked = {**raced, "recommended": {"batch_size": 128},
-               "lr_calibration": {"batch_size": 256, "factor": 2.0, "checks": [[128, 3.0]]}}
-    assert "then raced at B=128 itself" in _lr_note(checked)
-    assert "raced at B=" not in _lr_note({**checked, "recommended": {"batch_size": 64}})

@@ -13,7 +13,6 @@ Every function here takes numbers and returns numbers, so it is tested without t
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import math
 from collections.abc import Callable, Sequence
@@ -85,9 +84,7 @@ class LrCalibration:
     The user's base lr anchors the rule at the base batch, but how far the lr may grow with the
     batch is a property of the task (curvature, momentum, optimiser), so a short lr race at a
     larger batch measures it. The factor is 1 at the base batch, reaches ``factor`` at the
-    measured batch (geometric interpolation in B) and stays there beyond it. ``checks`` are
-    further measured (batch_size, factor) points (a race at the chosen batch): the factor then
-    runs through every point, geometric between neighbours, flat beyond the outermost.
+    measured batch (geometric interpolation in B) and stays there beyond it.
     """
 
     base_batch_size: int
@@ -95,36 +92,19 @@ class LrCalibration:
     factor: float
     #: The race saw training diverge (NaN/inf) at this lr: a curvature limit, whatever the batch.
     diverged_lr: float | None = None
-    checks: tuple[tuple[int, float], ...] = ()
 
     def apply(self, batch_size: float, rule_lr: float, step: float = 2.0) -> float:
         """The rule's lr corrected by the factor, kept a ``step`` below an lr that diverged."""
         lr = rule_lr * self(batch_size)
         return lr if self.diverged_lr is None else min(lr, self.diverged_lr / step)
 
-    def points(self) -> list[tuple[int, float]]:
-        """(batch_size, factor) measured, sorted by batch; a check replaces a point at its batch."""
-        measured = {self.base_batch_size: 1.0}
-        if self.batch_size > self.base_batch_size:
-            measured[self.batch_size] = self.factor
-        measured.update(dict(self.checks))
-        return sorted(measured.items())
-
-    def with_check(self, batch_size: int, factor: float, diverged_lr: float | None = None) -> LrCalibration:
-        """This calibration with one more measured point (and the lowest lr seen to diverge)."""
-        diverged = [lr for lr in (self.diverged_lr, diverged_lr) if lr is not None]
-        return dataclasses.replace(self, checks=(*self.checks, (batch_size, factor)),
-                                   diverged_lr=min(diverged) if diverged else None)
-
     def __call__(self, batch_size: float) -> float:
-        points = self.points()
-        if batch_size <= points[0][0]:
-            return points[0][1]
-        for (low, low_factor), (high, high_factor) in itertools.pairwise(points):
-            if batch_size <= high:
-                share = math.log(batch_size / low) / math.log(high / low)
-                return float(low_factor * (high_factor / low_factor) ** share)
-        return points[-1][1]
+        if batch_size <= self.base_batch_size or self.batch_size <= self.base_batch_size:
+            return 1.0
+        if batch_size >= self.batch_size:
+            return self.factor
+        share = math.log(batch_size / self.base_batch_size) / math.log(self.batch_size / self.base_batch_size)
+        return float(self.factor**share)
 
 
 def warmup_steps_for(lr: float, base_lr: float, predicted_steps: float, fraction: float = 0.05) -> int:

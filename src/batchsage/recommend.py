@@ -24,7 +24,6 @@ The flow is one-way (DESIGN.md): task → measurements (memory, t(B), noise) →
 from __future__ import annotations
 
 import dataclasses
-import functools
 import itertools
 import math
 import time
@@ -292,8 +291,7 @@ def recommend(
     noise_shift = plan.lr_noise_shift(anchored.base_batch_size, race_noise, fitted.b_noise,
                                       loaded.resolved_lr_scaling())
     lr_calibration = _lr_calibration(anchored, larger.race_winner, race_noise, larger.diverged_lr)
-    planner = functools.partial(
-        plan.plan_candidates,
+    candidates = plan.plan_candidates(
         grid,
         s_min=fitted.s_min,
         b_noise=fitted.b_noise,
@@ -302,21 +300,9 @@ def recommend(
         base_batch_size=anchored.base_batch_size,
         base_lr=anchored.base_lr * noise_shift,
         scaling=loaded.resolved_lr_scaling(),
+        lr_calibration=lr_calibration,
     )
-    candidates = planner(lr_calibration=lr_calibration)
     chosen = plan.choose(candidates, tolerance)
-    check_race: list[dict[str, Any]] = []
-    raced_sizes = {anchored.base_batch_size, *(record["batch_size"] for record in larger.race)}
-    if chosen.accumulation_steps == 1 and chosen.batch_size not in raced_sizes:
-        # The lr at the chosen batch was interpolated between the races: measure it there.
-        with phases.phase("check_lr", f"racing learning rates at the chosen batch size {chosen.batch_size}"):
-            winner, check_race = _race_chosen_lr(loaded, dev, chosen, pilot_a, base_winner, schedule)
-        rule_lr = plan.scaled_lr(chosen.batch_size, anchored.base_batch_size, anchored.base_lr * noise_shift,
-                                 loaded.resolved_lr_scaling(), fitted.b_noise)
-        lr_calibration = _with_chosen_check(lr_calibration, anchored, chosen.batch_size, rule_lr, winner,
-                                            check_race)
-        candidates = planner(lr_calibration=lr_calibration)
-        chosen = next(c for c in candidates if c.batch_size == chosen.batch_size)
     decision_seconds = time.perf_counter() - started
     recommendation = Recommendation(
         task=loaded.name,
@@ -343,7 +329,7 @@ def recommend(
             for p in throughput.points
         ],
         pilots=[pilot_a, *larger_pilots],
-        lr_race=base_race + larger.race + check_race,
+        lr_race=base_race + larger.race,
         anchor={"batch_size": anchored.base_batch_size, "lr": anchored.base_lr,
                 "task_base_lr": loaded.base_lr, "b_noise_at_race": fitted.b_noise_at_race,
                 "noise_shift": noise_shift},
@@ -651,34 +637,6 @@ def _lr_calibration(task: Task, race_winner: tuple[int, float] | None, b_noise: 
                               diverged_lr)
 
 
-def _race_chosen_lr(task: Task, device: Any, chosen: plan.Candidate, pilot_a: PilotRun, base_winner: PilotRun,
-                    schedule: _PilotSchedule) -> tuple[PilotRun, list[dict[str, Any]]]:
-    """The lr race at the chosen batch, from the plan's lr, to pilot A's best level.
-
-    Between the two raced batches the plan interpolates the lr, and on digits-mlp's ground truth
-    that interpolation was 2.3× low at the chosen batch (docs/groundtruth.md). The planned lr is
-    a reasoned guess, so a racer replaces it only when clearly faster, in both directions. A
-    larger batch never needs more steps than the base batch for the same level, so no racer
-    runs past the base winner's steps.
-    """
-    level = _best_level(task, pilot_a)
-    cap = _steps_to(task, base_winner, level) if chosen.batch_size > base_winner.batch_size else math.inf
-    return _race_lr(task, device, chosen.batch_size, chosen.lr, level, schedule, schedule.seconds,
-                    None if math.isinf(cap) else math.ceil(cap), clear_up=True)
-
-
-def _with_chosen_check(calibration: plan.LrCalibration | None, anchored: Task, batch_size: int,
-                       rule_lr: float, winner: PilotRun, race: list[dict[str, Any]]) -> plan.LrCalibration:
-    """``calibration`` with the factor measured at the chosen batch: the race's winner ÷ the rule's lr.
-
-    A winner that diverged (every racer did) adds no point, only the divergence cap.
-    """
-    if calibration is None:
-        calibration = plan.LrCalibration(anchored.base_batch_size, anchored.base_batch_size, 1.0)
-    factor = calibration(batch_size) if winner.diverged else winner.lr / rule_lr
-    return calibration.with_check(batch_size, factor, _diverged_lr(race))
-
-
 def _race_record(run: PilotRun, start_lr: float, steps: float) -> dict[str, Any]:
     return {"batch_size": run.batch_size, "lr": run.lr, "lr_factor_vs_start": run.lr / start_lr,
             "steps_to_level": None if math.isinf(steps) else steps, "steps_run": run.steps,
@@ -845,9 +803,6 @@ def explain(rec: Recommendation, ceiling: int, base_batch_size: int) -> str:
             f"A short lr race at B={calibration['batch_size']} found {calibration['factor']:.3g}× the "
             "rule's learning rate fastest, so the lr of larger batches is scaled by that much."
         )
-    check = _chosen_check_sentence(rec)
-    if check:
-        parts.append(check)
     saturating = _throughput_saturation(rec.throughput)
     if saturating is not None:
         parts.append(
@@ -875,25 +830,6 @@ def explain(rec: Recommendation, ceiling: int, base_batch_size: int) -> str:
         )
     parts.append(f"Deciding took {rec.decision_seconds:.1f} s.")
     return " ".join(parts)
-
-
-def _chosen_check_sentence(rec: Recommendation) -> str | None:
-    """What the lr race at the chosen batch did, if one ran."""
-    checks = (rec.lr_calibration or {}).get("checks") or []
-    batch_size = rec.recommended["batch_size"]
-    if not any(int(b) == batch_size for b, _ in checks):
-        return None
-    racers = [r for r in rec.lr_race if r["batch_size"] == batch_size]
-    won = [r for r in racers if r["won"]]
-    if not won:
-        return (f"A race at B={batch_size} diverged at every lr it tried, so the lr is kept a factor "
-                "of two below the lowest that diverged.")
-    factor = won[0]["lr_factor_vs_start"]
-    if abs(math.log2(factor)) < 0.01:
-        return (f"A race at B={batch_size} kept the planned lr: of {len(racers)} lrs tried, "
-                "none reached the first pilot's level in clearly fewer steps.")
-    return (f"A race at B={batch_size} found {factor:.3g}× the lr interpolated between the other races "
-            "clearly faster, so it is used.")
 
 
 def _throughput_saturation(points: list[dict[str, Any]], gain: float = 1.25) -> int | None:

@@ -146,15 +146,11 @@ def _lr_note(document: Mapping[str, Any]) -> str:
     if shift is not None and at_race is not None and abs(shift - 1.0) > 0.01:
         note += (f", × {fmt(shift, '.2g')} because the noise scale grows from ≈{fmt(at_race, '.0f')} "
                  f"where the races ran to ≈{fmt(document.get('b_noise'), '.0f')} over the run")
-    chosen = (document.get("recommended") or {}).get("batch_size")
-    checks = (document.get("lr_calibration") or {}).get("checks") or []
-    if any(batch == chosen for batch, _ in checks):
-        note += f"; then raced at B={fmt_batch(chosen)} itself (table below)"
     return note
 
 
 def _race_rows(document: Mapping[str, Any]) -> list[list[str]]:
-    """The lr races (base batch, larger pilot batch, chosen batch): each racer's lr and its steps."""
+    """The lr race at the larger pilot batch: each racer's lr and the steps it needed."""
     rows = []
     for racer in document.get("lr_race") or []:
         steps = racer.get("steps_to_level")
