@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from collections.abc import Callable
@@ -257,3 +258,22 @@ def test_with_measured_noise_growth_the_races_noise_level_is_kept_below_the_runs
     assert growing.b_noise_at_race == pytest.approx(growing.noise.b_crit_pilot)
     assert growing.b_noise > growing.b_noise_at_race
     assert fit_plan_parameters(task, pilot_a, pilot_b, noise(None)).b_noise_at_race is None
+
+
+def test_explanation_names_the_flat_range_around_the_optimum(recommendation: Recommendation) -> None:
+    from batchsage.recommend import NEAR_OPTIMAL, _near_optimal_range
+
+    fastest = min(c.predicted_seconds for c in recommendation.candidates)
+    near = [c.batch_size for c in recommendation.candidates
+            if c.predicted_seconds <= fastest * (1 + NEAR_OPTIMAL)]
+    flat = _near_optimal_range(recommendation)
+    if len(near) > 1:
+        assert flat == (min(near), max(near))
+        assert f"Batch sizes {flat[0]}–{flat[1]} are all predicted within" in recommendation.explanation
+    else:
+        assert flat is None and "are all predicted within" not in recommendation.explanation
+    sharp = [plan.Candidate(b, b, 1, 0.1, 0, 100.0, 0.01, seconds, True)
+             for b, seconds in ((32, 4.0), (64, 2.0), (128, 2.1), (256, 3.0))]
+    assert _near_optimal_range(dataclasses.replace(recommendation, candidates=sharp)) == (64, 128)
+    alone = [dataclasses.replace(c, predicted_seconds=9.0) if c.batch_size != 64 else c for c in sharp]
+    assert _near_optimal_range(dataclasses.replace(recommendation, candidates=alone)) is None

@@ -803,6 +803,12 @@ def explain(rec: Recommendation, ceiling: int, base_batch_size: int) -> str:
             f"A short lr race at B={calibration['batch_size']} found {calibration['factor']:.3g}× the "
             "rule's learning rate fastest, so the lr of larger batches is scaled by that much."
         )
+    flat = _near_optimal_range(rec)
+    if flat is not None:
+        parts.append(
+            f"Batch sizes {flat[0]}–{flat[1]} are all predicted within {NEAR_OPTIMAL:.0%} of the fastest: "
+            "the optimum is flat there, and the pick within it rests on short, noisy pilots."
+        )
     saturating = _throughput_saturation(rec.throughput)
     if saturating is not None:
         parts.append(
@@ -830,6 +836,20 @@ def explain(rec: Recommendation, ceiling: int, base_batch_size: int) -> str:
         )
     parts.append(f"Deciding took {rec.decision_seconds:.1f} s.")
     return " ".join(parts)
+
+
+#: The explanation names the batch sizes predicted within this fraction of the fastest.
+NEAR_OPTIMAL = 0.10
+
+
+def _near_optimal_range(rec: Recommendation) -> tuple[int, int] | None:
+    """Smallest and largest B predicted within NEAR_OPTIMAL of the fastest, if more than one is."""
+    finite = [c for c in rec.candidates if math.isfinite(c.predicted_seconds)]
+    if not finite:
+        return None
+    fastest = min(c.predicted_seconds for c in finite)
+    near = sorted(c.batch_size for c in finite if c.predicted_seconds <= fastest * (1.0 + NEAR_OPTIMAL))
+    return (near[0], near[-1]) if len(near) > 1 else None
 
 
 def _throughput_saturation(points: list[dict[str, Any]], gain: float = 1.25) -> int | None:
