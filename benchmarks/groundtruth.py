@@ -752,12 +752,33 @@ def _diagnosis_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
             [(r["predicted_step_seconds"], r["measured_step_seconds"]) for r in rows]),
         "steps_log2_error": _log_ratio_spread(
             [(r["predicted_steps"], r["measured_steps_at_best_lr"]) for r in rows]),
+        "steps_shape_log2_error": _steps_shape_error(rows, measured_best),
         "lr_log2_error": _log_ratio_spread([(r["planned_lr"], r["best_lr"]) for r in rows]),
         "seconds_log2_error": _log_ratio_spread(
             [(r["predicted_seconds"], r["measured_best_seconds"]) for r in rows]),
         "predicted_best_batch_size": predicted_best,
         "measured_best_batch_size": measured_best,
     }
+
+
+def _steps_shape_error(rows: list[dict[str, Any]], reference: int | None) -> float | None:
+    """The S(B) error that moves the choice: steps relative to those at the measured best B.
+
+    Predicted steps come from short pilots and are often off by a constant factor (S_min), which
+    scales every T(B) alike and leaves the pick alone; how S(B) falls with B (the noise scale)
+    decides the pick. Median |log2| of predicted ÷ measured, each as a ratio to its value at
+    ``reference``.
+    """
+    at_reference = next((r for r in rows if r["batch_size"] == reference), None)
+    if at_reference is None:
+        return None
+    predicted_ref, measured_ref = at_reference["predicted_steps"], at_reference["measured_steps_at_best_lr"]
+    if not predicted_ref or not measured_ref:
+        return None
+    return _log_ratio_spread([
+        (r["predicted_steps"] / predicted_ref if r["predicted_steps"] else None,
+         r["measured_steps_at_best_lr"] / measured_ref if r["measured_steps_at_best_lr"] else None)
+        for r in rows if r["batch_size"] != reference])
 
 
 # --------------------------------------------------------------------------------------------------

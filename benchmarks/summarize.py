@@ -169,8 +169,8 @@ def _regret_text(regret: float | None) -> str:
 
 def render_diagnosis(documents: Sequence[dict[str, Any]]) -> str:
     """One row per task: the recommender's predicted vs measured best B and its factor errors."""
-    header = ["task", "predicted best B", "measured best B", "t(B) error", "S(B) error", "lr error",
-              "T(B) error"]
+    header = ["task", "predicted best B", "measured best B", "t(B) error", "S(B) error",
+              "S(B) shape error", "lr error", "T(B) error"]
     rows = []
     for document in documents:
         summary = (document.get("diagnosis") or {}).get("summary")
@@ -181,7 +181,8 @@ def render_diagnosis(documents: Sequence[dict[str, Any]]) -> str:
             str(summary.get("predicted_best_batch_size")),
             str(summary.get("measured_best_batch_size")),
             *[_log2(summary.get(key)) for key in ("step_seconds_log2_error", "steps_log2_error",
-                                                  "lr_log2_error", "seconds_log2_error")],
+                                                  "steps_shape_log2_error", "lr_log2_error",
+                                                  "seconds_log2_error")],
         ]) + " |")
     if not rows:
         return ""

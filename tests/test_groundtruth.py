@@ -259,6 +259,8 @@ def test_diagnosis_compares_predicted_step_time_steps_and_lr_with_the_grid() -> 
     summary = report["summary"]
     assert summary["step_seconds_log2_error"] == pytest.approx(0.5)  # median of |log2| 0 and 1
     assert summary["steps_log2_error"] == pytest.approx(0.5)
+    # Relative to the measured best (B=16): predicted S(32)/S(16) = 0.5, measured 1.0 -> off by 2x.
+    assert summary["steps_shape_log2_error"] == pytest.approx(1.0)
     assert summary["lr_log2_error"] == pytest.approx(0.5)
     assert summary["predicted_best_batch_size"] == 16 and summary["measured_best_batch_size"] == 16
 
