@@ -31,6 +31,9 @@ Protocol (DESIGN.md "Measuring whether a recommendation is right"; docs/groundtr
    (``best_heldout.ratio_to_grid_best``); regret is still taken against the grid's best.
 6. ``--repeat-decisions N``: N more batchsage decisions, each trained on the grid's seeds
    (``batchsage_decisions``: every decision's regret, their median and worst).
+7. ``--top-up-seeds N``: before the scores, every configuration within ``--top-up-within`` (1.3)
+   × the best is trained on N more seeds, and so is every strategy's pick; the best and every
+   regret are then medians over the grid's seeds and these (the held-out seeds come after them).
 
 Resumable: the sweeps live in an Optuna SQLite storage (``~/.cache/batchsage/groundtruth/<task>.db``,
 outside the repository) and every decision and strategy run is saved in the output JSON as soon as it is made,
@@ -96,14 +99,22 @@ class Settings:
     lr_extensions: int = 2
     #: Fresh seeds the grid's best is re-trained on (0: none), to measure its selection luck.
     heldout_seeds: int = 2
+    #: More seeds for every configuration within ``top_up_within`` × the best, and for every
+    #: strategy's pick (0: none): the best and the regrets become medians over more seeds.
+    top_up_seeds: int = 0
+    top_up_within: float = 1.3
     #: Further independent batchsage decisions, each trained and scored like the first.
     repeat_decisions: int = 0
 
     def seed_list(self, task: Task) -> list[int]:
         return [task.seed + index for index in range(self.seeds)]
 
+    def top_up_seed_list(self, task: Task) -> list[int]:
+        return [task.seed + self.seeds + index for index in range(self.top_up_seeds)]
+
     def heldout_seed_list(self, task: Task) -> list[int]:
-        return [task.seed + self.seeds + index for index in range(self.heldout_seeds)]
+        first = task.seed + self.seeds + self.top_up_seeds
+        return [first + index for index in range(self.heldout_seeds)]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -553,9 +564,11 @@ def strategy_trials(choice: Choice, grid: list[Trial], state: State, seeds: list
     key = regret_lib.config_key(choice.batch_size, choice.lr, choice.accumulation_steps,
                                 choice.warmup_steps)
     from_grid = [t for t in grid if t.key == key]
-    if {t.seed for t in from_grid} >= set(seeds):
+    grid_seeds = {t.seed for t in from_grid}
+    if grid_seeds >= set(seeds):
         return [t for t in from_grid if t.seed in seeds], True
-    runs = [t for t in state.strategy_runs() if t.key == key]
+    # A grid point needs runs only for the seeds the grid lacks (e.g. --top-up-seeds).
+    runs = from_grid + [t for t in state.strategy_runs() if t.key == key and t.seed not in grid_seeds]
     micro = choice.batch_size // choice.accumulation_steps
     step = choice.accumulation_steps * step_seconds.get(micro, math.nan)
     for seed in seeds:
@@ -844,8 +857,11 @@ def _run_groundtruth(task_spec: str | Task, out: Path, settings: Settings,
               for c in choices.values()}
     grid = recheck_censored(task, grid, step_seconds, best.seconds_to_target, settings, state, console,
                             chosen)
+    best = _best_or_fail(task, grid, step_seconds)
+    grid = top_up_near_best(task, grid, best, state, settings, step_seconds, console)
     summaries = regret_lib.summarise_configs(grid, step_seconds)
     best = _best_or_fail(task, grid, step_seconds)
+    seeds = seeds + settings.top_up_seed_list(task)
     results = {}
     for name, choice in choices.items():
         runs, reused = strategy_trials(choice, grid, state, seeds, task, settings, step_seconds,
@@ -854,7 +870,8 @@ def _run_groundtruth(task_spec: str | Task, out: Path, settings: Settings,
     heldout = best_on_fresh_seeds(task, best, grid, state, settings, step_seconds, console)
     repeats = repeated_decisions(task, grid, state, seeds, settings, step_seconds, best.seconds_to_target,
                                  console)
-    all_trials = grid + state.strategy_runs()
+    in_grid = {(trial.key, trial.seed) for trial in grid}  # top-ups are in both
+    all_trials = grid + [run for run in state.strategy_runs() if (run.key, run.seed) not in in_grid]
     document.update({
         "grid": grid_rows(grid, step_seconds),
         "step_seconds_by_batch": {str(b): s for b, s in sorted(step_seconds.items())},
@@ -873,6 +890,41 @@ def _run_groundtruth(task_spec: str | Task, out: Path, settings: Settings,
     document["load_average"]["end"] = load_average()
     state.save()
     return document
+
+
+def top_up_near_best(task: Task, grid: list[Trial], best: regret_lib.ConfigSummary, state: State,
+                     settings: Settings, step_seconds: dict[int, float], console: Console) -> list[Trial]:
+    """``grid`` plus runs on ``settings.top_up_seeds`` more seeds of every configuration near the best.
+
+    Near: a median within ``top_up_within`` × the best's. With two seeds a configuration's median
+    jitters by ±10-15 % here, so the best is partly picked for luck; more seeds where the best
+    can be make the pick and every regret measured against it steadier, at the cost of a few
+    configurations, not the whole grid. Runs are cut at the censor bound like a strategy's and
+    saved as they finish (a resumed run reuses them, and any saved run of the same configuration
+    and seed).
+    """
+    seeds = settings.top_up_seed_list(task)
+    if not seeds:
+        return grid
+    near = sorted((summary for summary in regret_lib.summarise_configs(grid, step_seconds)
+                   if summary.accumulation_steps == 1 and summary.warmup_steps == 0
+                   and summary.seconds_to_target <= settings.top_up_within * best.seconds_to_target),
+                  key=lambda summary: summary.seconds_to_target)
+    keys = {regret_lib.config_key(summary.batch_size, summary.lr) for summary in near}
+    saved = {(run.key, run.seed): run for run in state.strategy_runs() if run.key in keys}
+    bound = settings.censor_factor * best.seconds_to_target
+    for summary in near:
+        key = regret_lib.config_key(summary.batch_size, summary.lr)
+        for seed in seeds:
+            if (key, seed) in saved:
+                continue
+            console.print(f"  topping up B={summary.batch_size}, lr={summary.lr:.4g}, seed {seed}")
+            run = train_with_step_budget(
+                task, summary.batch_size, summary.lr, seed, settings, source="top-up",
+                max_steps=_max_steps(bound, step_seconds.get(summary.batch_size, math.nan)))
+            state.add_strategy_run(run)
+            saved[(key, seed)] = run
+    return grid + [run for (_, seed), run in saved.items() if seed in seeds]
 
 
 def best_on_fresh_seeds(task: Task, best: regret_lib.ConfigSummary, grid: list[Trial], state: State,
@@ -992,6 +1044,8 @@ def _protocol(task: Task, settings: Settings, seeds: list[int], ceiling: int,
                           "trials' pooled medians, timing the rounds",
         "torch_threads": settings.threads,
         "timing_rounds": settings.timing_rounds,
+        "top_up_seeds": settings.top_up_seed_list(task),
+        "top_up_within": settings.top_up_within,
     }
 
 
@@ -1043,6 +1097,11 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, S
     parser.add_argument("--heldout-seeds", type=int, default=2,
                         help="fresh seeds the grid's best is re-trained on, to measure how much its "
                              "grid time owes to selection among noisy configurations (0: skip)")
+    parser.add_argument("--top-up-seeds", type=int, default=0,
+                        help="more seeds for every configuration within --top-up-within x the best and "
+                             "for every strategy's pick (0: none)")
+    parser.add_argument("--top-up-within", type=float, default=1.3,
+                        help="which configurations are topped up: median within this x the best")
     parser.add_argument("--repeat-decisions", type=int, default=0,
                         help="further independent batchsage decisions, each trained on the grid's "
                              "seeds: the spread of its regret from one decision to the next")
@@ -1055,8 +1114,10 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, S
         raise ConfigError(f"unknown strategies {unknown}: choose from {', '.join(strategies.STRATEGIES)}")
     if args.seeds < 1:
         raise ConfigError(f"--seeds must be at least 1, got {args.seeds}")
-    if args.heldout_seeds < 0 or args.repeat_decisions < 0:
-        raise ConfigError("--heldout-seeds and --repeat-decisions must be 0 or more")
+    if min(args.heldout_seeds, args.repeat_decisions, args.top_up_seeds) < 0:
+        raise ConfigError("--heldout-seeds, --repeat-decisions and --top-up-seeds must be 0 or more")
+    if args.top_up_within < 1.0:
+        raise ConfigError(f"--top-up-within must be at least 1, got {args.top_up_within:g}")
     budget = _parse_size(args.memory_budget) if args.memory_budget else None
     settings = Settings(
         seeds=args.seeds, memory_budget_bytes=budget, device=args.device,
@@ -1066,7 +1127,8 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, S
         strategies=names, progress=not args.no_progress, storage_dir=args.storage_dir,
         threads=args.threads or None, timing_rounds=args.timing_rounds,
         lr_extensions=args.lr_extensions, redecide=redecide, heldout_seeds=args.heldout_seeds,
-        repeat_decisions=args.repeat_decisions,
+        repeat_decisions=args.repeat_decisions, top_up_seeds=args.top_up_seeds,
+        top_up_within=args.top_up_within,
     )
     return args, settings
 

@@ -369,3 +369,24 @@ def test_step_times_are_fixed_once_a_run_completed() -> None:
     assert groundtruth.frozen_step_seconds({}, pooled) == pooled  # first completion: pooled
     completed = {"step_seconds_by_batch": {"32": 0.032, "64": 0.048}}
     assert groundtruth.frozen_step_seconds(completed, pooled) == {32: 0.032, 64: 0.048, 128: 0.1}
+
+
+@pytest.mark.slow
+def test_top_up_trains_the_near_best_and_the_picks_on_more_seeds(tiny_task, tmp_path: Path) -> None:
+    settings = groundtruth.Settings(
+        seeds=2, min_batch_size=16, max_batch_size=32, lr_multipliers=(0.5, 1.0),
+        strategies=("default32",), progress=False, storage_dir=tmp_path, top_up_seeds=1,
+        top_up_within=1.3, heldout_seeds=1,
+    )
+    saved = groundtruth.run_groundtruth(tiny_task, tmp_path / "tiny.json", settings)
+    best = saved["best"]
+    # The best is near itself: topped up on seed 2, as is every topped-up configuration.
+    best_config = next(c for c in saved["configs"]
+                       if c["batch_size"] == best["batch_size"] and c["lr"] == pytest.approx(best["lr"]))
+    assert best_config["seeds"] == 3
+    topped = {(r["batch_size"], r["lr"]) for r in saved["grid"] if r["source"] == "top-up"}
+    assert all(c["seeds"] == 3 for c in saved["configs"] if (c["batch_size"], c["lr"]) in topped)
+    assert {r["seed"] for r in saved["grid"] if r["source"] == "top-up"} == {2}
+    assert saved["strategies"]["default32"]["runs"] == 3  # the pick on the same three seeds
+    assert saved["best_heldout"]["seeds"] == [3]  # fresh: after the top-up seed
+    assert saved["protocol"]["top_up_seeds"] == [2]
