@@ -924,7 +924,11 @@ def top_up_near_best(task: Task, grid: list[Trial], best: regret_lib.ConfigSumma
                 max_steps=_max_steps(bound, step_seconds.get(summary.batch_size, math.nan)))
             state.add_strategy_run(run)
             saved[(key, seed)] = run
-    return grid + [run for (_, seed), run in saved.items() if seed in seeds]
+    multiplier = {trial.key: trial.extras.get("lr_multiplier") for trial in grid}
+    topped = [run for (_, seed), run in saved.items() if seed in seeds]
+    for run in topped:
+        run.extras["lr_multiplier"] = multiplier.get(run.key)
+    return grid + topped
 
 
 def best_on_fresh_seeds(task: Task, best: regret_lib.ConfigSummary, grid: list[Trial], state: State,

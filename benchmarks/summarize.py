@@ -239,13 +239,17 @@ def plot_task(document: dict[str, Any], path: Path) -> None:
 
 def _median_by_config(grid: list[dict[str, Any]]) -> dict[tuple[int, float, Any], float | None]:
     """Median over seeds per (B, lr); None when the median run did not reach the target."""
-    groups: dict[tuple[int, float, Any], list[float]] = defaultdict(list)
+    groups: dict[tuple[int, float], list[float]] = defaultdict(list)
+    multipliers: dict[tuple[int, float], Any] = {}
     for row in grid:
-        key = (int(row["batch_size"]), float(f"{row['lr']:.9g}"), row.get("lr_multiplier"))
+        config = (int(row["batch_size"]), float(f"{row['lr']:.9g}"))
         seconds = row.get("seconds_to_target")
-        groups[key].append(math.inf if seconds is None else float(seconds))
+        groups[config].append(math.inf if seconds is None else float(seconds))
+        if row.get("lr_multiplier") is not None:  # top-up rows of a grid point carry none
+            multipliers[config] = row["lr_multiplier"]
     medians: dict[tuple[int, float, Any], float | None] = {}
-    for key, values in groups.items():
+    for config, values in groups.items():
+        key = (*config, multipliers.get(config))
         ordered = sorted(values)
         middle = len(ordered) // 2
         value = ordered[middle] if len(ordered) % 2 else (

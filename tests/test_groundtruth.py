@@ -181,6 +181,8 @@ def test_summary_table_has_one_row_per_task_and_the_numbers(tmp_path: Path) -> N
                         {"batch_size": 32, "lr": 0.2, "regret": 1.0},
                         {"batch_size": 64, "lr": 0.4, "regret": None}],
                         "median_regret": None, "worst_regret": None, "median_decision_seconds": 0.3})
+    # A top-up run of a grid point (more seeds, no lr multiplier of its own) joins its median.
+    repeated["grid"] = [*repeated["grid"], dict(repeated["grid"][0], seed=2, lr_multiplier=None)]
     (tmp_path / "c-task.json").write_text(json.dumps(repeated))
     (tmp_path / "notes.json").write_text("[]")  # not a result: ignored
     assert summarize.main(["--results", str(tmp_path)]) == 0
