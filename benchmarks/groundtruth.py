@@ -822,7 +822,9 @@ def _run_groundtruth(task_spec: str | Task, out: Path, settings: Settings,
     document.update({"task": task.name, "status": "partial"})
     document.setdefault("date", dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
     document["machine"] = machine_info(settings.device)
-    document.setdefault("load_average", {})["start"] = load_average()
+    # The load when the work began (a later resume that only re-scores must not replace it) and
+    # at the end of the latest invocation.
+    document.setdefault("load_average", {}).setdefault("start", load_average())
     seeds = settings.seed_list(task)
 
     choices = make_decisions(task, settings, state, console)

@@ -448,9 +448,12 @@ def load_source(name: str, results: Path) -> tuple[list[Run], Source, dict[str, 
     document = _read(path)
     if document and document.get("status") == "complete" and document.get("grid"):
         protocol = document.get("protocol", {})
+        top_up = len(protocol.get("top_up_seeds") or [])
+        topped = (f"; every configuration within {protocol.get('top_up_within', 1.3):g}× of the best on "
+                  f"{top_up} more seeds") if top_up else ""
         note = (f"Grid: every power-of-two B × lr = the scaled lr × "
                 f"{{{', '.join(f'{m:g}' for m in protocol.get('lr_multipliers', []))}}} (widened at the "
-                "edges); time = steps to target × t(B), timed interleaved for every B; validation "
+                f"edges){topped}; time = steps to target × t(B), timed interleaved for every B; validation "
                 f"excluded. Measured on {_machine_text(document)}.")
         seeds = len(protocol.get("seeds", [])) or len({row["seed"] for row in document["grid"]})
         return runs_from_ground_truth(document), Source(
