@@ -912,24 +912,15 @@ def top_up_near_best(task: Task, grid: list[Trial], best: regret_lib.ConfigSumma
                    if summary.accumulation_steps == 1 and summary.warmup_steps == 0
                    and summary.seconds_to_target <= settings.top_up_within * best.seconds_to_target),
                   key=lambda summary: summary.seconds_to_target)
-    keys = {regret_lib.config_key(summary.batch_size, summary.lr) for summary in near}
-    saved = {(run.key, run.seed): run for run in state.strategy_runs() if run.key in keys}
-    bound = settings.censor_factor * best.seconds_to_target
-    for summary in near:
-        key = regret_lib.config_key(summary.batch_size, summary.lr)
-        for seed in seeds:
-            if (key, seed) in saved:
-                continue
-            console.print(f"  topping up B={summary.batch_size}, lr={summary.lr:.4g}, seed {seed}")
-            run = train_with_step_budget(
-                task, summary.batch_size, summary.lr, seed, settings, source="top-up",
-                max_steps=_max_steps(bound, step_seconds.get(summary.batch_size, math.nan)))
-            state.add_strategy_run(run)
-            saved[(key, seed)] = run
     multiplier = {trial.key: trial.extras.get("lr_multiplier") for trial in grid}
-    topped = [run for (_, seed), run in saved.items() if seed in seeds]
-    for run in topped:
-        run.extras["lr_multiplier"] = multiplier.get(run.key)
+    topped: list[Trial] = []
+    for summary in near:  # trained (or reused) like a strategy's pick on the extra seeds
+        choice = Choice(name="top-up", batch_size=summary.batch_size, lr=summary.lr, decision_seconds=0.0)
+        runs, _ = strategy_trials(choice, grid, state, seeds, task, settings, step_seconds,
+                                  best.seconds_to_target, console)
+        for run in runs:
+            run.extras["lr_multiplier"] = multiplier.get(run.key)
+        topped += runs
     return grid + topped
 
 
@@ -947,16 +938,13 @@ def best_on_fresh_seeds(task: Task, best: regret_lib.ConfigSummary, grid: list[T
     if not seeds:
         return None
     choice = Choice(name="best, fresh seeds", batch_size=best.batch_size, lr=best.lr, decision_seconds=0.0)
-    runs, _ = strategy_trials(choice, grid, state, seeds, task, settings, step_seconds,
-                              best.seconds_to_target, console)
-    times = [regret_lib.time_to_target(run, step_seconds) for run in runs]
-    median = regret_lib.median_time(times)
-    return {
-        "batch_size": best.batch_size, "lr": best.lr, "seeds": seeds,
-        "seconds_to_target": median if math.isfinite(median) else None,
-        "per_seed_seconds": [t if math.isfinite(t) else None for t in times],
-        "ratio_to_grid_best": median / best.seconds_to_target if math.isfinite(median) else None,
-    }
+    runs, reused = strategy_trials(choice, grid, state, seeds, task, settings, step_seconds,
+                                   best.seconds_to_target, console)
+    scored = strategy_result(choice, runs, reused, step_seconds, best.seconds_to_target)
+    return {"batch_size": best.batch_size, "lr": best.lr, "seeds": seeds,
+            "seconds_to_target": scored["seconds_to_target"],
+            "per_seed_seconds": scored["per_seed_seconds"],
+            "ratio_to_grid_best": scored["regret"]}  # its time ÷ the grid's best, as a regret is
 
 
 def repeated_decisions(task: Task, grid: list[Trial], state: State, seeds: list[int], settings: Settings,
