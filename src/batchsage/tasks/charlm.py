@@ -30,8 +30,9 @@ VAL_CHARS = 512 * SEQ_LEN + 1
 
 
 #: Validation loss (nats per character) that counts as trained. 1.45 is the stretch where the
-#: curve flattens: the ground truth's best (B=32, lr 0.008) needs 11.9 s on one CPU thread, B=32 at
-#: the base lr 24 s (docs/tasks.md has every batch size; at the old target 1.6 the best took 6 s).
+#: curve flattens: the ground truth's best (B=32, lr 0.008) needs 10.9 s on one CPU thread (median
+#: of four seeds), B=32 at the base lr 24 s (docs/tasks.md has every batch size; at the old target
+#: 1.6 the best took 6 s).
 TARGET_VAL_LOSS = 1.45
 
 
