@@ -192,3 +192,86 @@ def censored_lower_bound(trials: Sequence[Trial], step_seconds: dict[int, float]
     if not bounds:
         return None
     return statistics.median(bounds) / best_seconds
+
+
+# -- when a decision pays for itself ----------------------------------------------------------------
+#
+# A strategy's wall clock to the target, decision included, as a function of how long the training
+# is: T = the best configuration's seconds to target (a harder target or a bigger data set scales
+# it). total(T) = fixed decision seconds + (regret + decision cost that grows with T) × T. The
+# regrets are the ones measured at this task's T: the lines assume they hold at other lengths.
+
+#: Strategies whose decision trains to the target (a sweep), so its seconds grow with the training.
+DECISION_TRAINS_TO_TARGET = frozenset({"doubling"})
+
+
+@dataclass(frozen=True)
+class Totals:
+    """total(T) = fixed_seconds + per_best_second × T; ``at_least``: the slope is a lower bound."""
+
+    fixed_seconds: float
+    per_best_second: float
+    at_least: bool = False
+
+
+def strategy_totals(name: str, regret_value: float | None, regret_at_least: float | None,
+                    decision_seconds: float, decision_cost_value: float) -> Totals | None:
+    """The strategy's total time as a line in T; None if it never reached the target (no bound)."""
+    slope, at_least = regret_value, False
+    if slope is None and regret_at_least is not None:
+        slope, at_least = regret_at_least, True
+    if slope is None or not math.isfinite(slope):
+        return None
+    if name in DECISION_TRAINS_TO_TARGET:
+        return Totals(0.0, slope + decision_cost_value, at_least)
+    return Totals(decision_seconds, slope, at_least)
+
+
+@dataclass(frozen=True)
+class Lead:
+    """The training lengths T (seconds) over which ``ours`` reaches the target first, decision
+    included: ``low`` ≤ T ≤ ``high`` (empty when low > high).
+
+    ``low_is_upper_bound``: the other strategy's regret is a lower bound (its runs were cut), so the
+    true ``low`` is at most this. ``unknown``: such a bound is no slower than ours, so the data
+    cannot say.
+    """
+
+    low: float = 0.0
+    high: float = math.inf
+    low_is_upper_bound: bool = False
+    unknown: bool = False
+
+    @property
+    def never(self) -> bool:
+        return not self.unknown and self.low > self.high
+
+
+NEVER = Lead(low=math.inf, high=0.0)
+
+
+def lead(ours: Totals, other: Totals | None) -> Lead:
+    """Where the line ``ours`` lies below ``other`` (None: the other never reaches the target)."""
+    if other is None:
+        return Lead()
+    head_start = other.fixed_seconds - ours.fixed_seconds  # > 0: ours decides faster
+    gain = other.per_best_second - ours.per_best_second    # > 0: ours trains faster
+    if gain > 0:
+        return Lead(low=max(0.0, -head_start / gain), low_is_upper_bound=other.at_least and head_start < 0)
+    if other.at_least:
+        return Lead(unknown=True)
+    if head_start > 0:
+        return Lead(high=head_start / -gain if gain < 0 else math.inf)
+    return NEVER
+
+
+def lead_over_all(leads: Iterable[Lead]) -> Lead:
+    """The training lengths over which ``ours`` is ahead of every other strategy at once."""
+    low, high, upper = 0.0, math.inf, False
+    for each in leads:
+        if each.unknown:
+            return each
+        if each.low >= low:
+            low, upper = each.low, each.low_is_upper_bound
+        high = min(high, each.high)
+    return Lead(low, high, upper) if low <= high else NEVER

@@ -20,6 +20,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from gt_regret import Lead, Totals, lead, lead_over_all, strategy_totals
+
 STRATEGY_ORDER = ("batchsage", "default32", "memory_ceiling", "max_throughput", "doubling")
 MARKERS = {"batchsage": "*", "default32": "o", "memory_ceiling": "s", "max_throughput": "^",
            "doubling": "D"}
@@ -128,6 +130,20 @@ def render_summary(documents: Sequence[dict[str, Any]]) -> str:
     if spread:
         lines += ["batchsage decided more than once (each decision trained on the grid's seeds; the "
                   "table shows the first):", "", spread, ""]
+    payoff = render_payoff(documents)
+    if payoff:
+        lines += [
+            "When batchsage's decision pays for itself: the lengths of training (T = the best "
+            "configuration's seconds to target) for which batchsage, decision included, reaches the "
+            "target before each other strategy, decision included — if the regrets measured here "
+            "held at other lengths. batchsage's decision takes the same seconds whatever the "
+            "target (its pilots run for a fixed budget); the doubling sweep's grows with T. "
+            "batchsage: the median regret and decision seconds of its decisions; "
+            "\"≤\": the other's runs were cut, so it pays off sooner; (×) = T ÷ this task's T.",
+            "",
+            payoff,
+            "",
+        ]
     diagnosis = render_diagnosis(documents)
     if diagnosis:
         lines += [
@@ -187,6 +203,68 @@ def render_diagnosis(documents: Sequence[dict[str, Any]]) -> str:
     if not rows:
         return ""
     return "\n".join(["| " + " | ".join(header) + " |", "|" + "---|" * len(header), *rows])
+
+
+def render_payoff(documents: Sequence[dict[str, Any]]) -> str:
+    """One row per task: from which training length batchsage is ahead of each strategy and of all."""
+    names = [n for n in STRATEGY_ORDER[1:] if any(n in d["strategies"] for d in documents)]
+    header = ["task", "batchsage: regret, decision s", *[f"vs {n}" for n in names], "vs all",
+              "decision cost ≤ 0.10 from"]
+    rows = []
+    for document in documents:
+        ours = _batchsage_median(document)
+        if ours is None:
+            continue
+        regret_value, decision_seconds = ours
+        totals = strategy_totals("batchsage", regret_value, None, decision_seconds, 0.0)
+        best_seconds = document["best"]["seconds_to_target"]
+        leads = {name: lead(totals, _totals(name, document["strategies"][name]))
+                 for name in names if name in document["strategies"]}
+        cells = [_lead_text(leads[n], best_seconds) if n in leads else "–" for n in names]
+        rows.append("| " + " | ".join([
+            document["task"], f"{regret_value:.2f}, {decision_seconds:.0f} s", *cells,
+            _lead_text(lead_over_all(leads.values()), best_seconds),
+            _lead_text(Lead(low=10.0 * decision_seconds), best_seconds),
+        ]) + " |")
+    if not rows:
+        return ""
+    return "\n".join(["| " + " | ".join(header) + " |", "|" + "---|" * len(header), *rows])
+
+
+def _batchsage_median(document: dict[str, Any]) -> tuple[float, float] | None:
+    """batchsage's regret and decision seconds: the medians over its decisions where it decided
+    more than once, else its one decision; None if it did not reach the target."""
+    spread = document.get("batchsage_decisions")
+    if spread and spread.get("median_regret") is not None:
+        return spread["median_regret"], spread["median_decision_seconds"]
+    single = document["strategies"].get("batchsage")
+    if not single or single.get("regret") is None:
+        return None
+    return single["regret"], single["decision_seconds"]
+
+
+def _totals(name: str, result: dict[str, Any]) -> Totals | None:
+    return strategy_totals(name, result.get("regret"), result.get("regret_at_least"),
+                           result["decision_seconds"], result["decision_cost"])
+
+
+def _lead_text(each: Lead, best_seconds: float) -> str:
+    def length(seconds: float) -> str:
+        shown = f"{seconds:.0f}" if seconds >= 10 else f"{seconds:.2g}"
+        return f"{shown} s ({seconds / best_seconds:.1f}×)"
+
+    if each.unknown:
+        return "? (runs cut)"
+    if each.never:
+        return "never"
+    bound = "≤ " if each.low_is_upper_bound else ""
+    if each.low <= 0 and math.isinf(each.high):
+        return "always"
+    if math.isinf(each.high):
+        return f"from {bound}{length(each.low)}"
+    if each.low <= 0:
+        return f"until {length(each.high)}"
+    return f"{bound}{length(each.low)} to {length(each.high)}"
 
 
 def _log2(value: float | None) -> str:

@@ -97,6 +97,36 @@ def test_trial_round_trips_through_json_with_extras() -> None:
     assert loaded == original
 
 
+def test_a_slow_decision_pays_off_from_the_training_length_where_the_lines_cross() -> None:
+    ours = gt_regret.strategy_totals("batchsage", 1.2, None, 40.0, 4.0)
+    instant = gt_regret.strategy_totals("default32", 2.0, None, 0.0, 0.0)
+    crossing = gt_regret.lead(ours, instant)
+    assert crossing.low == pytest.approx(50.0) and math.isinf(crossing.high)  # 40 + 1.2 T = 2 T
+    better_and_free = gt_regret.strategy_totals("max_throughput", 1.1, None, 1.0, 0.1)
+    assert gt_regret.lead(ours, better_and_free).never
+    assert gt_regret.lead(ours, None) == gt_regret.Lead()  # the other never reaches the target
+
+
+def test_a_sweep_decision_grows_with_the_training_and_a_cut_rival_gives_a_bound() -> None:
+    ours = gt_regret.strategy_totals("batchsage", 1.2, None, 40.0, 4.0)
+    sweep = gt_regret.strategy_totals("doubling", 1.0, None, 300.0, 10.0)
+    assert sweep == gt_regret.Totals(0.0, 11.0)  # its 300 s are 10 × this task's best time
+    assert gt_regret.lead(ours, sweep).low == pytest.approx(40.0 / 9.8)
+    cut = gt_regret.strategy_totals("memory_ceiling", None, 3.2, 5.0, 0.5)
+    assert gt_regret.lead(ours, cut).low_is_upper_bound
+    cut_but_fast = gt_regret.strategy_totals("memory_ceiling", None, 1.1, 5.0, 0.5)
+    assert gt_regret.lead(ours, cut_but_fast).unknown
+    assert gt_regret.strategy_totals("memory_ceiling", None, None, 5.0, 0.5) is None
+
+
+def test_ahead_of_all_is_the_intersection_of_the_leads() -> None:
+    faster_decider = gt_regret.lead(gt_regret.Totals(10.0, 1.5), gt_regret.Totals(60.0, 1.0))
+    assert faster_decider.low == 0.0 and faster_decider.high == pytest.approx(100.0)
+    both = gt_regret.lead_over_all([faster_decider, gt_regret.Lead(low=30.0)])
+    assert (both.low, both.high) == (30.0, pytest.approx(100.0))
+    assert gt_regret.lead_over_all([faster_decider, gt_regret.Lead(low=300.0)]).never
+
+
 # -- peer strategies ---------------------------------------------------------------------------------
 
 
@@ -194,6 +224,9 @@ def test_summary_table_has_one_row_per_task_and_the_numbers(tmp_path: Path) -> N
     assert "≥ 3.4" in rows[1]
     assert "no: cost ≤ 0.10" in rows[1] and "2025-01-02" in rows[1]
     assert "| 1.13× |" in rows[3] and "| – |" in rows[1]  # the best on fresh seeds, where measured
+    # batchsage (1.0, 0.3 s) against default32 (1.67, 0 s): ahead once T ≥ 0.3 / 0.67 s.
+    payoff = [row for row in rows if row.startswith("| a-task | 1.00, 0 s")]
+    assert payoff and "from 0.45 s (0.4×)" in payoff[0] and "| always |" in payoff[0]
     spread = [row for row in rows if row.startswith("| c-task | 2 |")]
     assert spread and "B=64 lr=0.4: not reached" in spread[0] and "| not reached | not reached |" in spread[0]
     assert (tmp_path / "a-task.png").stat().st_size > 1000
