@@ -62,6 +62,7 @@ from batchsage.training import TrainingHook, TrainResult, TrainState, train
 FIXED = "fixed (best of grid)"
 ADAPTIVE_FROM_BEST = "adaptive from best fixed"
 ADAPTIVE_FROM_BASE = "adaptive from task base"
+ADAPTIVE_FROM_SMALL = "adaptive from a smaller batch"
 GRID_LR_MULTIPLIERS = (0.5, 1.0, 2.0)
 GRID_DOUBLINGS = 5
 #: The clock of the timed step table that the headline numbers use (see time_step_kinds).
@@ -339,10 +340,11 @@ def plot(document: dict[str, Any], runs: list[Run], table: dict[StepKind, float]
     import matplotlib.pyplot as plt
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
-    colors = {FIXED: "tab:gray", ADAPTIVE_FROM_BEST: "tab:blue", ADAPTIVE_FROM_BASE: "tab:orange"}
+    colors = {FIXED: "tab:gray", ADAPTIVE_FROM_BEST: "tab:blue", ADAPTIVE_FROM_BASE: "tab:orange",
+              ADAPTIVE_FROM_SMALL: "tab:green"}
     sizes = [entry["batch_size"] for run in runs for entry in run.schedule]
     top = max([*sizes, document["best_fixed"]["batch_size"]])
-    for strategy in (ADAPTIVE_FROM_BEST, ADAPTIVE_FROM_BASE):
+    for strategy in (ADAPTIVE_FROM_BEST, ADAPTIVE_FROM_BASE, ADAPTIVE_FROM_SMALL):
         group = [r for r in runs if r.strategy == strategy]
         if not group:
             continue
@@ -462,8 +464,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--groundtruth", type=Path, default=None,
                         help="ground-truth results (default: benchmarks/results/<task>.json if present)")
     parser.add_argument("--starts", default="best,base",
-                        help="adaptive runs to compare: 'best' (start at the best fixed B, lr), "
-                             "'base' (start at the task's base B, lr), or both, comma-separated")
+                        help="adaptive runs to compare, comma-separated: 'best' (start at the best "
+                             "fixed B, lr), 'base' (start at the task's base B, lr), 'small' (start at "
+                             "--small-batch, the best fixed lr scaled to it by the task's rule)")
+    parser.add_argument("--small-batch", type=int, default=None,
+                        help="the start batch of 'small' (default: a quarter of the best fixed B)")
     parser.add_argument("--own-grid", action="store_true",
                         help="run the small grid here even when a ground-truth results file exists")
     parser.add_argument("--grid-batch-sizes", default=None,
@@ -487,8 +492,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--seeds must be positive")
     if args.task is None and args.replot is None:
         parser.error("--task is required")
-    if not args.starts or any(name not in ("best", "base") for name in args.starts.split(",")):
-        parser.error("--starts takes 'best', 'base' or 'best,base'")
+    if not args.starts or any(name not in ("best", "base", "small") for name in args.starts.split(",")):
+        parser.error("--starts takes 'best', 'base' and 'small', comma-separated")
+    if args.small_batch is not None and args.small_batch < 1:
+        parser.error("--small-batch must be positive")
     return args
 
 
@@ -568,12 +575,12 @@ def _run_benchmark(task: Task, args: argparse.Namespace, groundtruth: Path, docu
         best = best_from_grid(task, args.device, args.censor_factor, runs, save, progress, sizes)
     document["best_fixed"] = best
     step_seconds = None
+    small = args.small_batch or max(1, best["batch_size"] // 4)
     if args.time_rule:
-        start = min(best["batch_size"], task.base_batch_size)
+        start = min(best["batch_size"], task.base_batch_size, small)
         step_seconds = _probe_step_seconds(task, start, args.device, document)
     save()
-    starts = {"best": (ADAPTIVE_FROM_BEST, best["batch_size"], best["lr"]),
-              "base": (ADAPTIVE_FROM_BASE, task.base_batch_size, task.base_lr)}
+    starts = start_points(task, best, small)
     strategies = [(FIXED, best["batch_size"], best["lr"])]
     strategies += [starts[name] for name in args.starts.split(",")]
     bar = progress.add_task("fixed vs adaptive, interleaved", total=len(strategies) * args.seeds)
@@ -584,6 +591,17 @@ def _run_benchmark(task: Task, args: argparse.Namespace, groundtruth: Path, docu
                                 step_seconds=step_seconds))
             save()
             progress.advance(bar)
+
+
+def start_points(task: Task, best: dict[str, Any], small_batch: int) -> dict[str, tuple[str, int, float]]:
+    """Where each adaptive run starts: (strategy name, B, lr) for 'best', 'base' and 'small'.
+
+    'small' keeps the best fixed run's lr per the task's scaling rule (linear or square root), so
+    that it differs from the best fixed run only in the batch it starts from."""
+    small_lr = scaled_lr(small_batch, best["batch_size"], best["lr"], task.resolved_lr_scaling())
+    return {"best": (ADAPTIVE_FROM_BEST, best["batch_size"], best["lr"]),
+            "base": (ADAPTIVE_FROM_BASE, task.base_batch_size, task.base_lr),
+            "small": (ADAPTIVE_FROM_SMALL, small_batch, small_lr)}
 
 
 def _probe_step_seconds(task: Task, start: int, device: str,

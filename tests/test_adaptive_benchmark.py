@@ -43,3 +43,22 @@ def test_a_missed_target_is_infinitely_slow_in_the_paired_median() -> None:
     table = {(32, 1): 0.01}
     entry = bench.summarize(runs, {"cpu": table, "wall": table})["adaptive from best fixed"]
     assert math.isinf(entry["ratio_to_fixed_paired_median"])
+
+
+def test_the_small_start_keeps_the_best_lr_by_the_tasks_rule() -> None:
+    from types import SimpleNamespace
+
+    best = {"batch_size": 128, "lr": 0.16}
+    sgd = SimpleNamespace(base_batch_size=32, base_lr=0.01, resolved_lr_scaling=lambda: "linear")
+    adam = SimpleNamespace(base_batch_size=32, base_lr=0.002, resolved_lr_scaling=lambda: "sqrt")
+    assert bench.start_points(sgd, best, 32)["small"] == (bench.ADAPTIVE_FROM_SMALL, 32, pytest.approx(0.04))
+    assert bench.start_points(adam, best, 32)["small"][2] == pytest.approx(0.08)
+    assert bench.start_points(sgd, best, 32)["base"] == (bench.ADAPTIVE_FROM_BASE, 32, 0.01)
+
+
+def test_starts_are_checked_on_the_command_line() -> None:
+    assert bench.parse_args(["--task", "linreg", "--starts", "best,small"]).starts == "best,small"
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--task", "linreg", "--starts", "largest"])
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--task", "linreg", "--small-batch", "0"])
