@@ -277,3 +277,28 @@ def test_explanation_names_the_flat_range_around_the_optimum(recommendation: Rec
     assert _near_optimal_range(dataclasses.replace(recommendation, candidates=sharp)) == (64, 128)
     alone = [dataclasses.replace(c, predicted_seconds=9.0) if c.batch_size != 64 else c for c in sharp]
     assert _near_optimal_range(dataclasses.replace(recommendation, candidates=alone)) is None
+
+
+def test_pilots_validate_on_a_fixed_subset_only_when_full_passes_do_not_fit() -> None:
+    from batchsage.recommend import MIN_PILOT_VALIDATION_SAMPLES, _PilotSchedule, pilot_validation_subset
+
+    index = torch.arange(10_000)
+    x = torch.zeros(10_000, 20)
+    x[:, 0] = index.float()  # the first feature names the row, to see which rows were kept
+    task = dataclasses.replace(noisy_classification_task(), val_data=TensorDataset(x, index % 4))
+
+    def schedule(eval_seconds: float) -> _PilotSchedule:
+        return _PilotSchedule(seconds=7.0, step_seconds=lambda b: 0.01, eval_seconds=eval_seconds)
+
+    cheap = schedule(0.01)
+    assert pilot_validation_subset(task, "cpu", cheap) == (task, cheap, None)
+    subset, slower, info = pilot_validation_subset(task, "cpu", schedule(5.0))
+    assert info is not None and info["samples"] == MIN_PILOT_VALIDATION_SAMPLES and info["of"] == 10_000
+    kept = subset.val_data.tensors[0][:, 0]
+    assert len(kept) == MIN_PILOT_VALIDATION_SAMPLES and len(set(kept.tolist())) == len(kept)
+    assert kept.max() > 9_000 and kept.min() < 1_000  # a random subset, not the first rows
+    assert slower.eval_seconds == info["subset_pass_seconds"] and task.num_val_samples == 10_000
+    again, _, _ = pilot_validation_subset(task, "cpu", schedule(5.0))
+    assert torch.equal(again.val_data.tensors[0], subset.val_data.tensors[0])  # fixed by the task's seed
+    plain = dataclasses.replace(task, val_data=torch.utils.data.Subset(task.val_data, range(10_000)))
+    assert pilot_validation_subset(plain, "cpu", schedule(5.0))[2] is None  # no tensors: left whole

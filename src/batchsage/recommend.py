@@ -122,6 +122,9 @@ class Recommendation:
     metric_name: str
     target: float
     higher_is_better: bool
+    #: Where a full validation pass did not fit the pilots' share of time: the pilots validated on
+    #: a fixed random subset ({"samples", "of", "full_pass_seconds", "subset_pass_seconds"}).
+    pilot_validation: dict[str, Any] | None = None
 
     @property
     def batch_size(self) -> int:
@@ -168,6 +171,7 @@ class Recommendation:
             "phase_seconds": self.phase_seconds,
             "metric": {"name": self.metric_name, "target": self.target,
                        "higher_is_better": self.higher_is_better},
+            "pilot_validation": self.pilot_validation,
         }
 
     def __repr__(self) -> str:  # what a notebook prints: the answer first
@@ -269,17 +273,17 @@ def recommend(
     step_seconds = plan.step_time_model(
         [p.batch_size for p in throughput.points], [p.step_seconds_median for p in throughput.points]
     )
-    pilot_seconds = 0.35 * budget_seconds
-    eval_seconds = measure_validation_seconds(loaded, dev)
+    schedule = _PilotSchedule(0.35 * budget_seconds, step_seconds, measure_validation_seconds(loaded, dev))
+    pilot_task, schedule, pilot_validation = pilot_validation_subset(loaded, dev, schedule)
     with phases.phase("pilot_a", "pilot run at the base batch size, measuring gradient noise"):
-        schedule = _PilotSchedule(pilot_seconds, step_seconds, eval_seconds)
-        pilot_a, monitor = _pilot_a(loaded, dev, ceiling, schedule)
+        pilot_a, monitor = _pilot_a(pilot_task, dev, ceiling, schedule)
     noise = _noise_from_monitor(monitor)
     with phases.phase("base_lr", "racing learning rates at the base batch size"):
-        base_winner, base_race = _race_base_lr(loaded, dev, pilot_a, schedule)
+        base_winner, base_race = _race_base_lr(pilot_task, dev, pilot_a, schedule)
     # The plan is anchored where the lr was measured best at the base batch (the user's lr
     # unless a racer beat it).
-    anchored = dataclasses.replace(loaded, base_batch_size=base_winner.batch_size, base_lr=base_winner.lr)
+    anchored = dataclasses.replace(pilot_task, base_batch_size=base_winner.batch_size,
+                                   base_lr=base_winner.lr)
     with phases.phase("pilot_b", "pilot runs at larger batches, calibrating the critical batch"):
         larger = _larger_pilots(anchored, dev, ceiling, base_winner, _best_level(loaded, pilot_a), noise,
                                 schedule)
@@ -343,6 +347,7 @@ def recommend(
         metric_name=loaded.metric_name,
         target=loaded.target,
         higher_is_better=loaded.higher_is_better,
+        pilot_validation=pilot_validation,
     )
     recommendation.explanation = explain(recommendation, ceiling, loaded.base_batch_size)
     return recommendation
@@ -383,6 +388,44 @@ def measure_validation_seconds(task: Task, device: Any) -> float:
     return min(times)
 
 
+#: The fewest validation samples a pilot's subset keeps: an accuracy measured on 2048 samples has a
+#: standard error of at most 1.1 % (at 50 %), finer than the steps between pilot validations.
+MIN_PILOT_VALIDATION_SAMPLES = 2048
+
+
+def pilot_validation_subset(task: Task, device: Any, schedule: _PilotSchedule
+                            ) -> tuple[Task, _PilotSchedule, dict[str, Any] | None]:
+    """A task whose validation set fits the pilots' share of time, and the schedule for it.
+
+    A pilot validates at least every doubling of its steps (the coarsest schedule the races can
+    read) and may spend ``schedule.eval_share`` of its time on it. Where full passes do not fit
+    (a large or slow validation set), the pilots validate on a fixed random subset just large
+    enough to fit, never below MIN_PILOT_VALIDATION_SAMPLES; the recommendation's S(B) and lr
+    are then measured on the subset's metric, whose small offset from the full set's is common
+    to every pilot. Only datasets that hold tensors (``TensorDataset``-like: a ``tensors``
+    attribute) are subset, so that a task's ``metric_fn`` still gets the type it expects.
+    """
+    needed = schedule.validations_at_coarsest(task.base_batch_size)
+    allowed_seconds = schedule.eval_share * schedule.seconds
+    tensors = getattr(task.val_data, "tensors", None)
+    if needed * schedule.eval_seconds <= allowed_seconds or tensors is None:
+        return task, schedule, None
+    full = task.num_val_samples
+    size = max(MIN_PILOT_VALIDATION_SAMPLES,
+               math.ceil(full * allowed_seconds / (needed * schedule.eval_seconds)))
+    if size >= full:
+        return task, schedule, None
+    import torch
+    from torch.utils.data import TensorDataset
+
+    order = torch.randperm(full, generator=torch.Generator().manual_seed(task.seed))[:size]
+    subset = dataclasses.replace(task, val_data=TensorDataset(*(t[order] for t in tensors)))
+    subset_seconds = measure_validation_seconds(subset, device)
+    return subset, dataclasses.replace(schedule, eval_seconds=subset_seconds), {
+        "samples": size, "of": full, "full_pass_seconds": schedule.eval_seconds,
+        "subset_pass_seconds": subset_seconds}
+
+
 @dataclass
 class _PilotSchedule:
     """How long pilots may run and how often they validate, from measured costs.
@@ -403,6 +446,11 @@ class _PilotSchedule:
         affordable = max(4.0, self.eval_share * self.seconds / max(self.eval_seconds, 1e-6))
         span = max(expected_steps / self.first_eval_steps, 1.0 + 1e-9)
         return float(min(2.0, max(1.05, span ** (1.0 / min(affordable, PILOT_VALIDATIONS)))))
+
+    def validations_at_coarsest(self, batch_size: int) -> int:
+        """Validations a pilot at ``batch_size`` makes when they are ×2 apart (at least 4)."""
+        expected_steps = max(self.seconds / max(self.step_seconds(batch_size), 1e-9), 2.0)
+        return max(4, math.ceil(math.log2(max(expected_steps / self.first_eval_steps, 2.0))))
 
     def train_kwargs(self, batch_size: int, seconds: float | None = None) -> dict[str, Any]:
         return {
@@ -836,6 +884,13 @@ def explain(rec: Recommendation, ceiling: int, base_batch_size: int) -> str:
         parts.append(
             "The pilot did not reach the target, so steps to target were extrapolated from the "
             "validation trend; treat the predicted times as estimates."
+        )
+    subset = rec.pilot_validation
+    if subset is not None:
+        parts.append(
+            f"A full validation pass took {subset['full_pass_seconds']:.2g} s, more than the pilots' "
+            f"share of time allows, so they validated on a fixed random {subset['samples']} of the "
+            f"{subset['of']} validation samples ({subset['subset_pass_seconds']:.2g} s a pass)."
         )
     parts.append(f"Deciding took {rec.decision_seconds:.1f} s.")
     return " ".join(parts)
