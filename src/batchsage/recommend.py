@@ -242,7 +242,7 @@ def recommend(
         memory_budget_bytes: memory a training step may use (default: free memory minus a margin).
         budget_seconds: sizes the decision's parts: the throughput probe gets 15 % of it, each
             pilot 35 %, each lr race about two pilots' worth (or three times its first racer's
-            time, where that is longer). Not a hard limit: whole decisions took 0.9-5.5x it on
+            time, where that is longer). Not a hard limit: whole decisions took 0.9-3.9x it on
             the built-in tasks (docs/groundtruth.md).
         tolerance: recommend the smallest B whose predicted time is within this fraction of the best.
         min_batch_size: smallest candidate batch size.

@@ -19,7 +19,7 @@ def recommend(
     ),
     budget_seconds: float = typer.Option(
         20.0, "--budget-seconds", help="sizes the probes, pilots and lr races (the first pilot gets 35 %); "
-        "the whole decision takes longer: 0.9-5.5x this on the built-in tasks"
+        "the whole decision takes longer: 0.9-3.9x this on the built-in tasks"
     ),
     out: Path = typer.Option(Path("batchsage-out"), "--out", help="directory for JSON, plots, HTML"),
     json_path: Path | None = typer.Option(None, "--json", help="also write the JSON document here"),
