@@ -441,16 +441,20 @@ class _PilotSchedule:
     eval_share: float = 0.25
     first_eval_steps: int = 4
 
+    def expected_steps(self, batch_size: int) -> float:
+        """Steps a pilot at ``batch_size`` makes in its time (at least 2)."""
+        return max(self.seconds / max(self.step_seconds(batch_size), 1e-9), 2.0)
+
     def eval_growth(self, batch_size: int) -> float:
-        expected_steps = max(self.seconds / max(self.step_seconds(batch_size), 1e-9), 2.0)
+        expected_steps = self.expected_steps(batch_size)
         affordable = max(4.0, self.eval_share * self.seconds / max(self.eval_seconds, 1e-6))
         span = max(expected_steps / self.first_eval_steps, 1.0 + 1e-9)
         return float(min(2.0, max(1.05, span ** (1.0 / min(affordable, PILOT_VALIDATIONS)))))
 
     def validations_at_coarsest(self, batch_size: int) -> int:
         """Validations a pilot at ``batch_size`` makes when they are ×2 apart (at least 4)."""
-        expected_steps = max(self.seconds / max(self.step_seconds(batch_size), 1e-9), 2.0)
-        return max(4, math.ceil(math.log2(max(expected_steps / self.first_eval_steps, 2.0))))
+        span = self.expected_steps(batch_size) / self.first_eval_steps
+        return max(4, math.ceil(math.log2(max(span, 2.0))))
 
     def train_kwargs(self, batch_size: int, seconds: float | None = None) -> dict[str, Any]:
         return {
