@@ -302,3 +302,31 @@ def test_pilots_validate_on_a_fixed_subset_only_when_full_passes_do_not_fit() ->
     assert torch.equal(again.val_data.tensors[0], subset.val_data.tensors[0])  # fixed by the task's seed
     plain = dataclasses.replace(task, val_data=torch.utils.data.Subset(task.val_data, range(10_000)))
     assert pilot_validation_subset(plain, "cpu", schedule(5.0))[2] is None  # no tensors: left whole
+
+
+def test_a_pilot_subset_keeps_the_datasets_type_and_falls_back_when_it_cannot() -> None:
+    from batchsage.recommend import _PilotSchedule, pilot_validation_subset
+
+    class Labelled(TensorDataset):
+        classes = ("a", "b", "c", "d")
+
+    seen: list[type] = []
+
+    def metric(model: nn.Module, data: Labelled) -> float:
+        seen.append(type(data))
+        assert data.classes == Labelled.classes  # what a metric_fn may rely on
+        return 0.5
+
+    x, y = torch.zeros(10_000, 20), torch.arange(10_000) % 4
+    task = dataclasses.replace(noisy_classification_task(), val_data=Labelled(x, y), metric_fn=metric)
+    slow = _PilotSchedule(seconds=7.0, step_seconds=lambda b: 0.01, eval_seconds=5.0)
+    subset, _, info = pilot_validation_subset(task, "cpu", slow)
+    assert info is not None and isinstance(subset.val_data, Labelled) and seen[-1] is Labelled
+
+    def breaks_on_subsets(model: nn.Module, data: Labelled) -> float:
+        if len(data) < 10_000:
+            raise RuntimeError("this metric needs every sample")
+        return 0.5
+
+    fussy = dataclasses.replace(task, metric_fn=breaks_on_subsets)
+    assert pilot_validation_subset(fussy, "cpu", slow) == (fussy, slow, None)

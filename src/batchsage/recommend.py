@@ -27,7 +27,7 @@ import dataclasses
 import itertools
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -403,7 +403,9 @@ def pilot_validation_subset(task: Task, device: Any, schedule: _PilotSchedule
     enough to fit, never below MIN_PILOT_VALIDATION_SAMPLES; the recommendation's S(B) and lr
     are then measured on the subset's metric, whose small offset from the full set's is common
     to every pilot. Only datasets that hold tensors (``TensorDataset``-like: a ``tensors``
-    attribute) are subset, so that a task's ``metric_fn`` still gets the type it expects.
+    attribute) are subset, as a shallow copy of the same type, so that a task's ``metric_fn``
+    gets what it expects; where that cannot be done, or the metric fails on the subset, the
+    pilots validate on the full set.
     """
     needed = schedule.validations_at_coarsest(task.base_batch_size)
     allowed_seconds = schedule.eval_share * schedule.seconds
@@ -416,14 +418,34 @@ def pilot_validation_subset(task: Task, device: Any, schedule: _PilotSchedule
     if size >= full:
         return task, schedule, None
     import torch
-    from torch.utils.data import TensorDataset
 
     order = torch.randperm(full, generator=torch.Generator().manual_seed(task.seed))[:size]
-    subset = dataclasses.replace(task, val_data=TensorDataset(*(t[order] for t in tensors)))
-    subset_seconds = measure_validation_seconds(subset, device)
-    return subset, dataclasses.replace(schedule, eval_seconds=subset_seconds), {
+    subset = _with_rows(task.val_data, tensors, order)
+    if subset is None:
+        return task, schedule, None
+    subset_task = dataclasses.replace(task, val_data=subset)
+    try:
+        subset_seconds = measure_validation_seconds(subset_task, device)
+    except Exception:  # the subset only saves time; the full set is always right
+        return task, schedule, None
+    return subset_task, dataclasses.replace(schedule, eval_seconds=subset_seconds), {
         "samples": size, "of": full, "full_pass_seconds": schedule.eval_seconds,
         "subset_pass_seconds": subset_seconds}
+
+
+def _with_rows(data: Any, tensors: Sequence[Any], rows: Any) -> Any | None:
+    """A shallow copy of ``data`` (same type, same other attributes) holding only ``rows`` of its
+    tensors; None where its tensors are not one row per sample or cannot be replaced."""
+    import copy
+
+    if any(len(t) != len(data) for t in tensors):
+        return None
+    subset = copy.copy(data)
+    try:
+        subset.tensors = tuple(t[rows] for t in tensors)
+    except (AttributeError, TypeError, IndexError):
+        return None
+    return subset if len(subset) == len(rows) else None
 
 
 @dataclass
