@@ -575,14 +575,13 @@ def _run_benchmark(task: Task, args: argparse.Namespace, groundtruth: Path, docu
         best = best_from_grid(task, args.device, args.censor_factor, runs, save, progress, sizes)
     document["best_fixed"] = best
     step_seconds = None
-    small = args.small_batch or max(1, best["batch_size"] // 4)
-    if args.time_rule:
-        start = min(best["batch_size"], task.base_batch_size, small)
-        step_seconds = _probe_step_seconds(task, start, args.device, document)
-    save()
-    starts = start_points(task, best, small)
+    starts = start_points(task, best, args.small_batch or max(1, best["batch_size"] // 4))
     strategies = [(FIXED, best["batch_size"], best["lr"])]
     strategies += [starts[name] for name in args.starts.split(",")]
+    if args.time_rule:  # t(B) from the smallest of the best, the base and any start batch
+        start = min(task.base_batch_size, *(batch_size for _, batch_size, _ in strategies))
+        step_seconds = _probe_step_seconds(task, start, args.device, document)
+    save()
     bar = progress.add_task("fixed vs adaptive, interleaved", total=len(strategies) * args.seeds)
     for index, seed in enumerate(document["seeds"]):
         shift = index % len(strategies)

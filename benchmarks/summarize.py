@@ -200,9 +200,7 @@ def render_diagnosis(documents: Sequence[dict[str, Any]]) -> str:
                                                   "steps_shape_log2_error", "lr_log2_error",
                                                   "seconds_log2_error")],
         ]) + " |")
-    if not rows:
-        return ""
-    return "\n".join(["| " + " | ".join(header) + " |", "|" + "---|" * len(header), *rows])
+    return _markdown_table(header, rows)
 
 
 def render_payoff(documents: Sequence[dict[str, Any]]) -> str:
@@ -226,9 +224,7 @@ def render_payoff(documents: Sequence[dict[str, Any]]) -> str:
             _lead_text(lead_over_all(leads.values()), best_seconds),
             _lead_text(Lead(low=10.0 * decision_seconds), best_seconds),
         ]) + " |")
-    if not rows:
-        return ""
-    return "\n".join(["| " + " | ".join(header) + " |", "|" + "---|" * len(header), *rows])
+    return _markdown_table(header, rows)
 
 
 def _batchsage_median(document: dict[str, Any]) -> tuple[float, float] | None:
@@ -265,6 +261,13 @@ def _lead_text(each: Lead, best_seconds: float) -> str:
     if each.low <= 0:
         return f"until {length(each.high)}"
     return f"{bound}{length(each.low)} to {length(each.high)}"
+
+
+def _markdown_table(header: list[str], rows: list[str]) -> str:
+    """Header and separator above ``rows`` (already rendered); "" when there are no rows."""
+    if not rows:
+        return ""
+    return "\n".join(["| " + " | ".join(header) + " |", "|" + "---|" * len(header), *rows])
 
 
 def _log2(value: float | None) -> str:
