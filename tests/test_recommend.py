@@ -84,6 +84,7 @@ def test_document_has_the_issue_keys(recommendation: Recommendation) -> None:
     assert {"batch_size", "lr", "predicted_steps", "step_seconds", "predicted_seconds", "fits_memory"} <= set(
         document["candidates"][0]
     )
+    assert document["budget_seconds"] == 8.0  # what the decision was sized with
 
 
 def test_pilots_measured_and_second_pilot_is_larger(recommendation: Recommendation) -> None:

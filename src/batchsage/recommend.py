@@ -125,6 +125,8 @@ class Recommendation:
     #: Where a full validation pass did not fit the pilots' share of time: the pilots validated on
     #: a fixed random subset ({"samples", "of", "full_pass_seconds", "subset_pass_seconds"}).
     pilot_validation: dict[str, Any] | None = None
+    #: The ``budget_seconds`` the decision was sized with.
+    budget_seconds: float | None = None
 
     @property
     def batch_size(self) -> int:
@@ -172,6 +174,7 @@ class Recommendation:
             "metric": {"name": self.metric_name, "target": self.target,
                        "higher_is_better": self.higher_is_better},
             "pilot_validation": self.pilot_validation,
+            "budget_seconds": self.budget_seconds,
         }
 
     def __repr__(self) -> str:  # what a notebook prints: the answer first
@@ -348,6 +351,7 @@ def recommend(
         target=loaded.target,
         higher_is_better=loaded.higher_is_better,
         pilot_validation=pilot_validation,
+        budget_seconds=budget_seconds,
     )
     recommendation.explanation = explain(recommendation, ceiling, loaded.base_batch_size)
     return recommendation
