@@ -91,9 +91,11 @@ def collect(tasks: Sequence[str], work_dir: Path, out_dir: Path) -> None:
     for task in tasks:
         for path in sorted(work_dir.glob(f"{task}_b*.json")):
             full = json.loads(path.read_text())
-            if full.get("status") != "complete" or not full.get("batchsage_decisions"):
+            budget = float(path.stem.rsplit("_b", 1)[1])
+            # A copy not yet re-decided still holds the ground truth's own decisions.
+            if (full.get("status") != "complete" or not full.get("batchsage_decisions")
+                    or decided_budget(full) != budget):
                 continue
-            budget = decided_budget(full) or float(path.stem.rsplit("_b", 1)[1])
             (out_dir / path.name).write_text(json.dumps(compact(full, budget), indent=1) + "\n")
 
 

@@ -48,17 +48,17 @@ def test_a_copy_decided_at_the_budget_resumes_and_any_other_redecides() -> None:
     assert bench.decided_budget({"decisions": {}}) is None
 
 
-def test_collect_keeps_finished_runs_only(tmp_path: Path) -> None:
+def test_collect_keeps_finished_runs_decided_at_their_budget_only(tmp_path: Path) -> None:
     work, out = tmp_path / "work", tmp_path / "out"
     work.mkdir()
     out.mkdir()
     (work / "toy_b10.json").write_text(json.dumps(_full_result(10.0)))
     (work / "toy_b40.json").write_text(json.dumps(_full_result(40.0, status="partial")))
-    (work / "toy_b5.json").write_text(json.dumps(_full_result(None)))  # budget from the file name
+    (work / "toy_b5.json").write_text(json.dumps(_full_result(None)))  # a copy not re-decided yet
     bench.collect(["toy"], work, out)
-    assert sorted(p.name for p in out.iterdir()) == ["toy_b10.json", "toy_b5.json"]
-    compact = json.loads((out / "toy_b5.json").read_text())
-    assert compact["budget_seconds"] == 5.0
+    assert sorted(p.name for p in out.iterdir()) == ["toy_b10.json"]
+    compact = json.loads((out / "toy_b10.json").read_text())
+    assert compact["budget_seconds"] == 10.0
     assert "grid" not in compact and compact["batchsage_decisions"]["decisions"][0]["regret"] == 1.2
 
 
