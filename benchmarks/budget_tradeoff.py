@@ -109,6 +109,7 @@ def compact(full: dict[str, Any], budget: float) -> dict[str, Any]:
                            for key in ("batch_size", "lr", "regret", "decision_seconds")},
         "first_decision_race": full["decisions"]["recommendation"].get("lr_race"),
         "first_decision_phases": full["decisions"]["recommendation"].get("phase_seconds"),
+        "fitted_b_noise": fitted_noise(full),
         "repeat_decisions": [
             {key: decision.get(key) for key in ("batch_size", "lr", "decision_seconds", "details")}
             for decision in full.get("repeat_decisions", [])
@@ -116,20 +117,27 @@ def compact(full: dict[str, Any], budget: float) -> dict[str, Any]:
     }
 
 
+def fitted_noise(full: dict[str, Any]) -> list[float | None]:
+    """The effective B_noise each decision planned with, first decision first."""
+    first = full["decisions"].get("recommendation", {}).get("b_noise")
+    return [first, *(d.get("details", {}).get("b_noise") for d in full.get("repeat_decisions", []))]
+
+
 def rows(tasks: Sequence[str], results_dir: Path) -> list[dict[str, Any]]:
     """One row per (task, budget): the committed default-budget decisions and every budget file."""
     table = []
     for task in tasks:
         document = ground_truth(task)
-        entries = [(document["protocol"].get("recommend_budget_seconds") or DEFAULT_BUDGET,
-                    document.get("batchsage_decisions"))]
+        entries = [(decided_budget(document) or DEFAULT_BUDGET, document.get("batchsage_decisions"),
+                    fitted_noise(document))]
         for path in sorted(results_dir.glob(f"{task}_b*.json")):
             saved = json.loads(path.read_text())
-            entries.append((saved["budget_seconds"], saved.get("batchsage_decisions")))
-        for budget, decisions in sorted(entries, key=lambda entry: entry[0]):
+            entries.append((saved["budget_seconds"], saved.get("batchsage_decisions"),
+                            saved.get("fitted_b_noise", [])))
+        for budget, decisions, noise in sorted(entries, key=lambda entry: entry[0]):
             if decisions and decisions.get("decisions"):
-                table.append({"task": task, "budget": budget, **summary(decisions["decisions"],
-                                                                        document["best"])})
+                table.append({"task": task, "budget": budget, "b_noise": noise,
+                              **summary(decisions["decisions"], document["best"])})
     return table
 
 
@@ -158,14 +166,15 @@ def render(table: list[dict[str, Any]]) -> str:
         "Produced by `benchmarks/budget_tradeoff.py`.",
         "",
         "| task | budget s | each decision: (B, lr) regret | median regret | worst | median decision s "
-        "| median decision cost |",
-        "|---|---:|---|---:|---:|---:|---:|",
+        "| median decision cost | each decision's fitted B_noise |",
+        "|---|---:|---|---:|---:|---:|---:|---|",
     ]
     for row in table:
         picks = ", ".join(f"({b}, {lr:.3g}) {_regret(r)}" for b, lr, r in row["picks"])
         lines.append(f"| {row['task']} | {budget_label(row['budget'])} | {picks} | "
                      f"{_regret(row['median_regret'])} | {_regret(row['worst_regret'])} | "
-                     f"{row['median_decision_seconds']:.0f} | {row['median_decision_cost']:.2f} |")
+                     f"{row['median_decision_seconds']:.0f} | {row['median_decision_cost']:.2f} | "
+                     f"{_noise_text(row.get('b_noise', []))} |")
     by_budget: dict[float, list[float]] = {}
     for row in table:
         regrets = (math.inf if r is None else r for _, _, r in row["picks"])
@@ -174,6 +183,10 @@ def render(table: list[dict[str, Any]]) -> str:
         f"budget {budget_label(b)} s: median regret {_regret(statistics.median(r))} over {len(r)} decisions"
         for b, r in sorted(by_budget.items()) if r) + "."]
     return "\n".join(lines) + "\n"
+
+
+def _noise_text(values: Sequence[float | None]) -> str:
+    return ", ".join("–" if v is None else f"{v:.0f}" for v in values) or "–"
 
 
 def _regret(value: float | None) -> str:

@@ -28,10 +28,12 @@ def _full_result(budget: float | None, status: str = "complete") -> dict[str, An
         "task": "toy", "status": status, "date": "2026-11-24", "machine": {"cpu_count": 2},
         "protocol": {"batch_sizes": [16, 32, 64], "ceiling": 64},
         "best": {"batch_size": 64, "lr": 0.01, "seconds_to_target": 10.0},
-        "decisions": {"recommendation": {"budget_seconds": budget, "lr_race": [], "phase_seconds": {}}},
+        "decisions": {"recommendation": {"budget_seconds": budget, "lr_race": [], "phase_seconds": {},
+                                         "b_noise": 40.0}},
         "strategies": {"batchsage": {"batch_size": 64, "lr": 0.01, "regret": 1.2, "decision_seconds": 12.0}},
         "batchsage_decisions": {"decisions": decisions},
-        "repeat_decisions": [],
+        "repeat_decisions": [{"batch_size": 128, "lr": 0.02, "details": {"b_noise": 300.0}},
+                             {"batch_size": 64, "lr": 0.012, "details": {"b_noise": 55.5}}],
     }
 
 
@@ -60,6 +62,7 @@ def test_collect_keeps_finished_runs_decided_at_their_budget_only(tmp_path: Path
     compact = json.loads((out / "toy_b10.json").read_text())
     assert compact["budget_seconds"] == 10.0
     assert "grid" not in compact and compact["batchsage_decisions"]["decisions"][0]["regret"] == 1.2
+    assert compact["fitted_b_noise"] == [40.0, 300.0, 55.5]
 
 
 def test_summary_counts_unreached_decisions_and_the_cost_is_against_the_best() -> None:
@@ -74,10 +77,9 @@ def test_summary_counts_unreached_decisions_and_the_cost_is_against_the_best() -
 
 def test_render_lists_every_decision_and_the_median_per_budget() -> None:
     result = _full_result(10.0)
-    rows = [{"task": "toy", "budget": budget, **bench.summary(result["batchsage_decisions"]["decisions"],
-                                                                result["best"])}
-            for budget in (10.0, 20.0)]
+    summary = bench.summary(result["batchsage_decisions"]["decisions"], result["best"])
+    rows = [{"task": "toy", "budget": budget, "b_noise": [40.0, None], **summary} for budget in (10.0, 20.0)]
     text = bench.render(rows)
     picks = "(64, 0.01) 1.20, (128, 0.02) not reached, (64, 0.012) 1.00"
-    assert f"| toy | 10 | {picks} | 1.20 | not reached |" in text
+    assert f"| toy | 10 | {picks} | 1.20 | not reached | 12 | 1.20 | 40, – |" in text
     assert "budget 10 s: median regret 1.20 over 3 decisions" in text
