@@ -96,13 +96,19 @@ def collect(tasks: Sequence[str], work_dir: Path, out_dir: Path) -> None:
             if (full.get("status") != "complete" or not full.get("batchsage_decisions")
                     or decided_budget(full) != budget):
                 continue
-            (out_dir / path.name).write_text(json.dumps(compact(full, budget), indent=1) + "\n")
+            finished = dt.datetime.fromtimestamp(path.stat().st_mtime, dt.UTC).isoformat(timespec="minutes")
+            (out_dir / path.name).write_text(json.dumps(compact(full, budget, finished), indent=1) + "\n")
 
 
-def compact(full: dict[str, Any], budget: float) -> dict[str, Any]:
-    """What the table needs and what explains it, without the grid (that is the ground truth's)."""
+def compact(full: dict[str, Any], budget: float, finished: str) -> dict[str, Any]:
+    """What the table needs and what explains it, without the grid (that is the ground truth's).
+
+    ``finished``: when the re-decision's result was last written (the copy keeps the ground
+    truth's own "date", which is when its grid ran).
+    """
     return {
-        "task": full["task"], "budget_seconds": budget, "date": full.get("date"),
+        "task": full["task"], "budget_seconds": budget, "finished": finished,
+        "ground_truth_date": full.get("date"),
         "machine": full.get("machine"), "best": full["best"],
         "batchsage_decisions": full.get("batchsage_decisions"),
         "first_decision": {key: full["strategies"]["batchsage"].get(key)
@@ -155,7 +161,22 @@ def summary(decisions: list[dict[str, Any]], best: dict[str, Any]) -> dict[str, 
     }
 
 
-def render(table: list[dict[str, Any]]) -> str:
+def provenance(results_dir: Path) -> str:
+    """When and where the re-decisions ran, from their files."""
+    dates, machines = set(), set()
+    for path in results_dir.glob("*_b*.json"):
+        saved = json.loads(path.read_text())
+        dates.add(str(saved.get("finished", "?"))[:16].replace("T", " "))
+        machine = saved.get("machine") or {}
+        machines.add(f"{machine.get('cpu_count', '?')} CPU ({machine.get('processor', '?')}), "
+                     f"torch {machine.get('torch', '?')}, {machine.get('torch_threads', '?')} thread(s)")
+    if not dates:
+        return ""
+    span = sorted(dates)
+    return f"Re-decisions finished {span[0]} – {span[-1]} UTC on {'; '.join(sorted(machines))}."
+
+
+def render(table: list[dict[str, Any]], where: str = "") -> str:
     lines = [
         "# Decision budget against regret",
         "",
@@ -164,6 +185,7 @@ def render(table: list[dict[str, Any]]) -> str:
         "target over the grid's four seeds ÷ the grid's best; decision cost = decision seconds ÷ the",
         f"best's time). The {budget_label(DEFAULT_BUDGET)} s rows are the committed ground truths'. "
         "Produced by `benchmarks/budget_tradeoff.py`.",
+        *(["", where] if where else []),
         "",
         "| task | budget s | each decision: (B, lr) regret | median regret | worst | median decision s "
         "| median decision cost | each decision's fitted B_noise |",
@@ -221,7 +243,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
             list(pool.map(lambda run: redecide(*run, args.work_dir), runs))
     collect(tasks, args.work_dir, args.out_dir)
-    text = render(rows(tasks, args.out_dir))
+    text = render(rows(tasks, args.out_dir), provenance(args.out_dir))
     (args.out_dir / "TRADEOFF.md").write_text(text)
     print(text)
     print(f"written {args.out_dir / 'TRADEOFF.md'} ({dt.date.today()})")

@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 
 from batchsage import Task, plan
 from batchsage.cli import app
-from batchsage.recommend import Recommendation, recommend
+from batchsage.recommend import PilotRun, Recommendation, pilot_coverage, recommend
 
 
 def noisy_classification_task(**overrides: Any) -> Task:
@@ -87,6 +87,21 @@ def test_document_has_the_issue_keys(recommendation: Recommendation) -> None:
     assert document["budget_seconds"] == 8.0  # what the decision was sized with
 
 
+def test_pilot_coverage_is_the_share_of_the_way_to_the_target(recommendation: Recommendation) -> None:
+    def with_pilot(metrics: list[float], higher_is_better: bool, target: float) -> Recommendation:
+        history = [{"step": 4 * (i + 1), "metric": m} for i, m in enumerate(metrics)]
+        pilot = PilotRun(32, 0.1, 4 * len(metrics), 1.0, 1.0, False, history)
+        return dataclasses.replace(recommendation, pilots=[pilot], higher_is_better=higher_is_better,
+                                   target=target)
+
+    # a loss from 3.0 down to 2.0 (best 1.9 on the way) toward 1.0: 55 %
+    assert pilot_coverage(with_pilot([3.0, 1.9, 2.0], False, 1.0)) == pytest.approx(0.55)
+    # an accuracy from 0.5 to 0.8 toward 0.9: 75 %; past the target: all of it
+    assert pilot_coverage(with_pilot([0.5, 0.8], True, 0.9)) == pytest.approx(0.75)
+    assert pilot_coverage(with_pilot([0.5, 0.95], True, 0.9)) == 1.0
+    assert pilot_coverage(with_pilot([0.5], True, 0.9)) is None
+
+
 def test_pilots_measured_and_second_pilot_is_larger(recommendation: Recommendation) -> None:
     # Pilot A, then one or more larger pilots (escalating while scaling looks perfect).
     assert len(recommendation.pilots) >= 2
@@ -101,6 +116,9 @@ def test_unreached_target_is_extrapolated_from_the_trend() -> None:
     rec = recommend(task, budget_seconds=4.0, progress=False)
     assert rec.extrapolated
     assert "extrapolated" in rec.explanation
+    coverage = pilot_coverage(rec)
+    assert coverage is not None and 0.0 <= coverage < 1.0  # the pilot stopped short of the target
+    assert f"got {coverage:.0%} of the way" in rec.explanation
     assert rec.recommended["batch_size"] in [c.batch_size for c in rec.candidates]
 
 

@@ -911,10 +911,7 @@ def explain(rec: Recommendation, ceiling: int, base_batch_size: int) -> str:
             f"B={baseline.batch_size} ({baseline.predicted_seconds:.1f} s predicted)."
         )
     if rec.extrapolated:
-        parts.append(
-            "The pilot did not reach the target, so steps to target were extrapolated from the "
-            "validation trend; treat the predicted times as estimates."
-        )
+        parts.append(_extrapolation_sentence(rec))
     subset = rec.pilot_validation
     if subset is not None:
         parts.append(
@@ -924,6 +921,37 @@ def explain(rec: Recommendation, ceiling: int, base_batch_size: int) -> str:
         )
     parts.append(f"Deciding took {rec.decision_seconds:.1f} s.")
     return " ".join(parts)
+
+
+def pilot_coverage(rec: Recommendation) -> float | None:
+    """How much of the way from its first validation to the target the first pilot's best one got.
+
+    In the metric's own units (a loss's last stretch takes the most steps, so this overstates how
+    much of the run the pilot saw). None where the pilot has no usable validations.
+    """
+    if not rec.pilots:
+        return None
+    metrics = [m for m in rec.pilots[0].steps_and_metrics()[1] if math.isfinite(m)]
+    if len(metrics) < 2:
+        return None
+    first, best = metrics[0], _best(metrics, rec.higher_is_better)
+    if first == rec.target:
+        return 1.0
+    return max(0.0, min(1.0, (best - first) / (rec.target - first)))
+
+
+def _extrapolation_sentence(rec: Recommendation) -> str:
+    sentence = ("The pilot did not reach the target, so steps to target were extrapolated from the "
+                "validation trend; treat the predicted times as estimates.")
+    coverage = pilot_coverage(rec)
+    if coverage is None:
+        return sentence
+    return sentence + (
+        f" The first pilot got {coverage:.0%} of the way from its first validation to the target "
+        f"(in {rec.metric_name}) in {rec.pilots[0].steps} steps; the noise scale, and with it the "
+        "lr shift and the critical batch, are extrapolated the rest of the way; a larger budget "
+        "(--budget-seconds) lets the pilots see more of it (docs/groundtruth.md, decision budget)."
+    )
 
 
 #: The explanation names the batch sizes predicted within this fraction of the fastest.
