@@ -19,7 +19,8 @@ def recommend(
     ),
     budget_seconds: float = typer.Option(
         20.0, "--budget-seconds", help="sizes the probes, pilots and lr races (the first pilot gets 35 %); "
-        "the whole decision takes longer: 0.9-3.9x this on the built-in tasks"
+        "the whole decision takes longer: 0.9-3.9x this on the built-in tasks. There, 10 s gave "
+        "clearly worse picks and 40 s no better ones (benchmarks/results/budget/TRADEOFF.md)"
     ),
     out: Path = typer.Option(Path("batchsage-out"), "--out", help="directory for JSON, plots, HTML"),
     json_path: Path | None = typer.Option(None, "--json", help="also write the JSON document here"),
