@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 
 from batchsage import Task, plan
 from batchsage.cli import app
-from batchsage.recommend import PilotRun, Recommendation, pilot_coverage, recommend
+from batchsage.recommend import PilotRun, Recommendation, explain, pilot_coverage, recommend
 
 
 def noisy_classification_task(**overrides: Any) -> Task:
@@ -100,6 +100,18 @@ def test_pilot_coverage_is_the_share_of_the_way_to_the_target(recommendation: Re
     assert pilot_coverage(with_pilot([0.5, 0.8], True, 0.9)) == pytest.approx(0.75)
     assert pilot_coverage(with_pilot([0.5, 0.95], True, 0.9)) == 1.0
     assert pilot_coverage(with_pilot([0.5], True, 0.9)) is None
+
+
+def test_the_extrapolation_names_the_noise_growth_only_when_the_plan_used_it(
+        recommendation: Recommendation) -> None:
+    def sentence(method: str) -> str:
+        noise = dataclasses.replace(recommendation.noise_scale, method=method)
+        rec = dataclasses.replace(recommendation, extrapolated=True, noise_scale=noise)
+        return explain(rec, 1024, 32)
+
+    assert "noise scale's growth" in sentence("pilot-calibrated B_simple, averaged over the run")
+    without = sentence("critical batch from two pilots, no noise-scale growth measured")
+    assert "of the way" in without and "noise scale's growth" not in without
 
 
 def test_pilots_measured_and_second_pilot_is_larger(recommendation: Recommendation) -> None:

@@ -947,11 +947,14 @@ def _extrapolation_sentence(rec: Recommendation) -> str:
     coverage = pilot_coverage(rec)
     if coverage is None:
         return sentence
+    grown = "averaged over the run" in rec.noise_scale.method
     return sentence + (
         f" The first pilot got {coverage:.0%} of the way from its first validation to the target "
-        f"(in {rec.metric_name}) in {rec.pilots[0].steps} steps; the noise scale, and with it the "
-        "lr shift and the critical batch, are extrapolated the rest of the way; a larger budget "
-        "(--budget-seconds) lets the pilots see more of it (docs/groundtruth.md, decision budget)."
+        f"(in {rec.metric_name}; the last stretch takes the most steps) in {rec.pilots[0].steps} steps"
+        + ("; the noise scale's growth, and with it the lr shift and the critical batch, is "
+           "extrapolated the rest of the way" if grown else "")
+        + "; a larger budget (--budget-seconds) lets the pilots see more of the run "
+        "(docs/groundtruth.md, decision budget)."
     )
 
 
