@@ -268,3 +268,12 @@ def test_lr_card_says_where_the_lr_was_anchored() -> None:
                           "b_noise_at_race": 20.0}, "b_noise": 270.0}
     assert "× 0.4 because the noise scale grows from ≈20" in _lr_note(shifted)
     assert "≈270 over the run" in _lr_note(shifted)
+
+
+def test_steps_to_target_row_says_how_far_the_pilot_got() -> None:
+    from batchsage.report.html import _steps_to_target_text
+
+    assert _steps_to_target_text({"extrapolated": False}) == "measured by the pilot"
+    assert _steps_to_target_text({"extrapolated": True, "pilot_coverage": 0.87}) == (
+        "extrapolated from the pilot's trend (the first pilot got 87% of the way to the target)")
+    assert _steps_to_target_text({"extrapolated": True}) == "extrapolated from the pilot's trend"

@@ -175,6 +175,7 @@ class Recommendation:
                        "higher_is_better": self.higher_is_better},
             "pilot_validation": self.pilot_validation,
             "budget_seconds": self.budget_seconds,
+            "pilot_coverage": pilot_coverage(self),
         }
 
     def __repr__(self) -> str:  # what a notebook prints: the answer first

@@ -117,9 +117,16 @@ def _noise_rows(document: Mapping[str, Any]) -> list[tuple[str, str]]:
         ("B_noise used by the plan", fmt(noise.get("b_noise", document.get("b_noise")))),
         ("S_min (minimal steps to target)", fmt_int(document.get("s_min"))),
         ("how B_noise was obtained", str(noise.get("method") or MISSING)),
-        ("steps to target", "extrapolated from the pilot's trend" if document.get("extrapolated")
-         else "measured by the pilot"),
+        ("steps to target", _steps_to_target_text(document)),
     ]
+
+
+def _steps_to_target_text(document: Mapping[str, Any]) -> str:
+    if not document.get("extrapolated"):
+        return "measured by the pilot"
+    coverage = finite(document.get("pilot_coverage"))
+    reach = f" (the first pilot got {coverage:.0%} of the way to the target)" if coverage is not None else ""
+    return "extrapolated from the pilot's trend" + reach
 
 
 def _pilot_rows(document: Mapping[str, Any]) -> list[list[str]]:
