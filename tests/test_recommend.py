@@ -20,7 +20,14 @@ from typer.testing import CliRunner
 
 from batchsage import Task, plan
 from batchsage.cli import app
-from batchsage.recommend import PilotRun, Recommendation, explain, pilot_coverage, recommend
+from batchsage.recommend import (
+    NOISE_FROM_GROWTH,
+    PilotRun,
+    Recommendation,
+    explain,
+    pilot_coverage,
+    recommend,
+)
 
 
 def noisy_classification_task(**overrides: Any) -> Task:
@@ -109,7 +116,7 @@ def test_the_extrapolation_names_the_noise_growth_only_when_the_plan_used_it(
         rec = dataclasses.replace(recommendation, extrapolated=True, noise_scale=noise)
         return explain(rec, 1024, 32)
 
-    assert "noise scale's growth" in sentence("pilot-calibrated B_simple, averaged over the run")
+    assert "noise scale's growth" in sentence(NOISE_FROM_GROWTH)
     without = sentence("critical batch from two pilots, no noise-scale growth measured")
     assert "of the way" in without and "noise scale's growth" not in without
 

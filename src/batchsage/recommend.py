@@ -820,6 +820,10 @@ def _critical_batch(task: Task, small: PilotRun,
     return b_crit, at_small
 
 
+#: ``NoiseSummary.method`` where the plan's noise scale extrapolates B_simple's measured growth.
+NOISE_FROM_GROWTH = "pilot-calibrated B_simple, averaged over the run"
+
+
 def _effective_noise(
     b_crit: float | None,
     level_step: float | None,
@@ -843,7 +847,7 @@ def _effective_noise(
         calibration = b_crit / b_simple_at_level if b_simple_at_level > 0 else None
         if calibration is not None:
             return (calibration * fit.effective_noise_scale(growth, total_steps), calibration,
-                    "pilot-calibrated B_simple, averaged over the run")
+                    NOISE_FROM_GROWTH)
     if b_crit is not None:
         return b_crit, None, "critical batch from two pilots, no noise-scale growth measured"
     if b_simple is not None and math.isfinite(b_simple) and b_simple > 0:
@@ -948,7 +952,7 @@ def _extrapolation_sentence(rec: Recommendation) -> str:
     coverage = pilot_coverage(rec)
     if coverage is None:
         return sentence
-    grown = "averaged over the run" in rec.noise_scale.method
+    grown = rec.noise_scale.method == NOISE_FROM_GROWTH
     return sentence + (
         f" The first pilot got {coverage:.0%} of the way from its first validation to the target "
         f"(in {rec.metric_name}; the last stretch takes the most steps) in {rec.pilots[0].steps} steps"
