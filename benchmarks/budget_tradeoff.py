@@ -34,11 +34,11 @@ from pathlib import Path
 from typing import Any
 
 from batchsage.recommend import recommend
+from groundtruth import STORAGE_DIR, storage_path
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
-WORK_DIR = Path.home() / ".cache" / "batchsage" / "groundtruth" / "budget"
-GROUND_TRUTH_STORAGE = Path.home() / ".cache" / "batchsage" / "groundtruth"
+WORK_DIR = STORAGE_DIR / "budget"
 DEFAULT_BUDGET = float(inspect.signature(recommend).parameters["budget_seconds"].default)
 
 
@@ -71,8 +71,7 @@ def redecide(task: str, budget: float, work_dir: Path) -> bool:
     resume = out.exists() and decided_budget(json.loads(out.read_text())) == budget
     if not resume:
         shutil.copyfile(RESULTS / f"{task}.json", out)
-        # groundtruth.py names a result's storage after its file's stem
-        shutil.copyfile(GROUND_TRUTH_STORAGE / f"{task}.db", work_dir / f"{stem}.db")
+        shutil.copyfile(storage_path(RESULTS / f"{task}.json"), storage_path(out, work_dir))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     command = groundtruth_command(task, ground_truth(task), budget, out, work_dir, resume)
     with log.open("a") as stream:
@@ -143,21 +142,22 @@ def rows(tasks: Sequence[str], results_dir: Path) -> list[dict[str, Any]]:
         for budget, decisions, noise in sorted(entries, key=lambda entry: entry[0]):
             if decisions and decisions.get("decisions"):
                 table.append({"task": task, "budget": budget, "b_noise": noise,
-                              **summary(decisions["decisions"], document["best"])})
+                              **summary(decisions, document["best"])})
     return table
 
 
-def summary(decisions: list[dict[str, Any]], best: dict[str, Any]) -> dict[str, Any]:
+def summary(spread: dict[str, Any], best: dict[str, Any]) -> dict[str, Any]:
+    """A table row from groundtruth.py's ``batchsage_decisions`` (its medians, None: not reached)."""
+    decisions = spread["decisions"]
     # A decision that did not reach the target is slower than any that did.
-    regrets = [math.inf if d.get("regret") is None else d["regret"] for d in decisions]
-    seconds = [d["decision_seconds"] for d in decisions]
+    worst = spread["worst_regret"]
     return {
         "picks": [(d["batch_size"], d["lr"], d.get("regret")) for d in decisions],
-        "median_regret": statistics.median(regrets),
-        "worst_regret": max(regrets),
-        "unreached": sum(math.isinf(r) for r in regrets),
-        "median_decision_seconds": statistics.median(seconds),
-        "median_decision_cost": statistics.median(seconds) / best["seconds_to_target"],
+        "median_regret": spread["median_regret"],
+        "worst_regret": math.inf if worst is None else worst,
+        "unreached": sum(d.get("regret") is None for d in decisions),
+        "median_decision_seconds": spread["median_decision_seconds"],
+        "median_decision_cost": spread["median_decision_seconds"] / best["seconds_to_target"],
     }
 
 

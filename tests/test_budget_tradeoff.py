@@ -14,10 +14,12 @@ BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 sys.path.insert(0, str(BENCHMARKS))
 
 import budget_tradeoff as bench  # noqa: E402
+import groundtruth  # noqa: E402
 
 
 def _decision(batch_size: int, lr: float, regret: float | None, seconds: float) -> dict[str, Any]:
-    return {"batch_size": batch_size, "lr": lr, "regret": regret, "decision_seconds": seconds}
+    return {"batch_size": batch_size, "lr": lr, "regret": regret, "decision_seconds": seconds,
+            "decision_cost": seconds / 10.0, "per_seed_seconds": []}
 
 
 def _full_result(budget: float | None, status: str = "complete") -> dict[str, Any]:
@@ -31,7 +33,7 @@ def _full_result(budget: float | None, status: str = "complete") -> dict[str, An
         "decisions": {"recommendation": {"budget_seconds": budget, "lr_race": [], "phase_seconds": {},
                                          "b_noise": 40.0}},
         "strategies": {"batchsage": {"batch_size": 64, "lr": 0.01, "regret": 1.2, "decision_seconds": 12.0}},
-        "batchsage_decisions": {"decisions": decisions},
+        "batchsage_decisions": groundtruth.decision_spread(decisions[0], decisions[1:]),
         "repeat_decisions": [{"batch_size": 128, "lr": 0.02, "details": {"b_noise": 300.0}},
                              {"batch_size": 64, "lr": 0.012, "details": {"b_noise": 55.5}}],
     }
@@ -67,7 +69,7 @@ def test_collect_keeps_finished_runs_decided_at_their_budget_only(tmp_path: Path
 
 def test_summary_counts_unreached_decisions_and_the_cost_is_against_the_best() -> None:
     result = _full_result(10.0)
-    row = bench.summary(result["batchsage_decisions"]["decisions"], result["best"])
+    row = bench.summary(result["batchsage_decisions"], result["best"])
     assert row["median_regret"] == pytest.approx(1.2)  # the unreached one counts as the slowest
     assert row["worst_regret"] == math.inf
     assert row["unreached"] == 1
@@ -77,7 +79,7 @@ def test_summary_counts_unreached_decisions_and_the_cost_is_against_the_best() -
 
 def test_render_lists_every_decision_and_the_median_per_budget() -> None:
     result = _full_result(10.0)
-    summary = bench.summary(result["batchsage_decisions"]["decisions"], result["best"])
+    summary = bench.summary(result["batchsage_decisions"], result["best"])
     rows = [{"task": "toy", "budget": budget, "b_noise": [40.0, None], **summary} for budget in (10.0, 20.0)]
     text = bench.render(rows)
     picks = "(64, 0.01) 1.20, (128, 0.02) not reached, (64, 0.012) 1.00"
