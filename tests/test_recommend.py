@@ -239,10 +239,10 @@ def test_recommendation_uses_the_lr_race_winner(recommendation: Recommendation) 
     assert winner.lr in [r["lr"] for r in race] and winner.batch_size == calibration["batch_size"]
     at_race_batch = recommendation.candidate(calibration["batch_size"])
     if at_race_batch is not None and calibration["diverged_lr"] is None:
-        # The winner's lr, moved from the noise scale it raced at to the run's (SGD: linear rule).
+        # The winner's lr, moved from the noise scale it raced at to the run's.
         at_race = recommendation.anchor["b_noise_at_race"]
         shift = 1.0 if at_race is None else plan.lr_noise_shift(
-            calibration["batch_size"], at_race, recommendation.b_noise, "linear")
+            calibration["batch_size"], at_race, recommendation.b_noise)
         assert at_race_batch.lr == pytest.approx(winner.lr * shift)
 
 

@@ -7,6 +7,7 @@ Formulas (DESIGN.md "The model", McCandlish et al. 2018):
 - time to target         T(B) = S(B) · t(B)
 - SGD learning rate      ε(B) = ε_max / (1 + B_noise / B), anchored at (base_batch_size, base_lr)
 - Adam-like learning rate: the square root of the SGD ratio (Malladi et al. 2022)
+- lr shift along a run    ε × (1 + B_noise_then/B) / (1 + B_noise_now/B), for every optimiser
 
 Every function here takes numbers and returns numbers, so it is tested without training anything.
 """
@@ -58,16 +59,22 @@ def scaled_lr(
     return base_lr * _scaled(lr_ratio(batch_size, base_batch_size, b_noise), scaling)
 
 
-def lr_noise_shift(batch_size: float, b_noise_from: float, b_noise_to: float, scaling: LrScaling) -> float:
+def lr_noise_shift(batch_size: float, b_noise_from: float, b_noise_to: float) -> float:
     """How the best lr at ``batch_size`` moves when the noise scale goes from one value to another.
 
     ε_opt(B) = ε_max / (1 + B_noise/B) (McCandlish et al. 2018), so an lr found best where the
     noise scale was ``b_noise_from`` becomes best × (1 + from/B) / (1 + to/B) where it is
-    ``b_noise_to``: lower as the noise grows during training. Square root of that for Adam-like
-    optimisers, as in :func:`scaled_lr`.
+    ``b_noise_to``: lower as the noise grows during training.
+
+    The same ratio for Adam-like optimisers, not its square root as across batch sizes: the
+    square-root rule comes from Adam's second-moment average v ≈ G² + σ²/B, which differs
+    between runs at different B. Within one run at one B, v is averaged over ≈ 1/(1 − β2) steps
+    (1000 with PyTorch's default β2 = 0.999, longer than a pilot-sized run), so along the run
+    Adam is SGD with a nearly fixed preconditioner, to which McCandlish's ratio applies as is.
+    (Where v follows the gradient closely, β2 ≪ 0.999 on a long run, the best lr falls further
+    still, with |G|; not modelled.)
     """
-    ratio = (1.0 + max(b_noise_from, 0.0) / batch_size) / (1.0 + max(b_noise_to, 0.0) / batch_size)
-    return _scaled(ratio, scaling)
+    return (1.0 + max(b_noise_from, 0.0) / batch_size) / (1.0 + max(b_noise_to, 0.0) / batch_size)
 
 
 def _scaled(ratio: float, scaling: LrScaling) -> float:

@@ -300,8 +300,7 @@ def recommend(
     # over the whole run: the lr the plan scales from is shifted to the run's noise scale, and the
     # larger-batch race is compared with the rule at the noise scale it raced at.
     race_noise = fitted.b_noise_at_race if fitted.b_noise_at_race is not None else fitted.b_noise
-    noise_shift = plan.lr_noise_shift(anchored.base_batch_size, race_noise, fitted.b_noise,
-                                      loaded.resolved_lr_scaling())
+    noise_shift = plan.lr_noise_shift(anchored.base_batch_size, race_noise, fitted.b_noise)
     lr_calibration = _lr_calibration(anchored, larger.race_winner, race_noise, larger.diverged_lr)
     candidates = plan.plan_candidates(
         grid,
