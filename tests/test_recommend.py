@@ -27,6 +27,7 @@ from batchsage.recommend import (
     explain,
     pilot_coverage,
     recommend,
+    unresolved_base_race,
 )
 
 
@@ -119,6 +120,35 @@ def test_the_extrapolation_names_the_noise_growth_only_when_the_plan_used_it(
     assert "noise scale's growth" in sentence(NOISE_FROM_GROWTH)
     without = sentence("critical batch from two pilots, no noise-scale growth measured")
     assert "of the way" in without and "noise scale's growth" not in without
+
+
+def test_the_explanation_says_when_the_base_lr_race_could_not_tell(recommendation: Recommendation) -> None:
+    def record(lr: float, steps_to_level: float | None, steps_run: int, won: bool = False,
+               diverged: bool = False, batch_size: int = 32) -> dict[str, Any]:
+        return {"batch_size": batch_size, "lr": lr, "steps_to_level": steps_to_level,
+                "steps_run": steps_run, "won": won, "diverged": diverged}
+
+    def explained(race: list[dict[str, Any]], anchor_lr: float = 0.001) -> tuple[Recommendation, str]:
+        anchor = {**recommendation.anchor, "batch_size": 32, "lr": anchor_lr, "task_base_lr": 0.001}
+        rec = dataclasses.replace(recommendation, lr_race=race, anchor=anchor)
+        return rec, explain(rec, 1024, 32)
+
+    pilot = record(0.001, 512.0, 659, won=True)
+    larger = record(0.0113, 90.0, 92, won=True, batch_size=256)  # another batch's race: not counted
+    # fashion-cnn's race (2026-11-24): both challengers cut at half the pilot's steps, unreached.
+    rec, text = explained([pilot, record(0.002, None, 256), record(0.0005, None, 256), larger])
+    assert unresolved_base_race(rec) == ([0.002, 0.0005], 256, 512.0)
+    assert "could not tell" in text and "cut at 256 steps" in text and "less than 2× faster" in text
+    # A challenger that reached the level (and lost), or diverged, is a judgement ...
+    for judged in (record(0.002, 300.0, 300), record(0.002, None, 40, diverged=True)):
+        rec, text = explained([pilot, judged, record(0.0005, None, 256)])
+        assert unresolved_base_race(rec) is None and "could not tell" not in text
+    # ... and so is one that ran as long as the pilot without reaching its level.
+    rec, _ = explained([pilot, record(0.002, None, 512)])
+    assert unresolved_base_race(rec) is None
+    # A race that moved the anchor says so instead.
+    rec, text = explained([record(0.001, 512.0, 659), record(0.002, 200.0, 256, won=True)], anchor_lr=0.002)
+    assert "could not tell" not in text and "reached the first pilot's level in fewer steps" in text
 
 
 def test_pilots_measured_and_second_pilot_is_larger(recommendation: Recommendation) -> None:

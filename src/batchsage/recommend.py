@@ -876,6 +876,17 @@ def explain(rec: Recommendation, ceiling: int, base_batch_size: int) -> str:
             f"level in fewer steps than the task's lr {anchor['task_base_lr']:.3g}, so the plan is "
             "anchored there."
         )
+    else:
+        unresolved = unresolved_base_race(rec)
+        if unresolved is not None:
+            lrs, cut_at, pilot_steps = unresolved
+            parts.append(
+                f"At the base batch {anchor['batch_size']} the lr race could not tell: the racers at lr "
+                f"{', '.join(f'{lr:.3g}' for lr in lrs)} had not reached the first pilot's level when "
+                f"cut at {cut_at} steps, where the pilot needed {pilot_steps:.0f}. The lr "
+                f"{anchor['lr']:.3g} there is the task's, not a measured best: a racer less than "
+                f"{pilot_steps / cut_at:.2g}× faster would not have shown."
+            )
     shift, at_race = anchor.get("noise_shift", 1.0), anchor.get("b_noise_at_race")
     if at_race is not None and abs(shift - 1.0) > 0.01:
         parts.append(
@@ -926,6 +937,28 @@ def explain(rec: Recommendation, ceiling: int, base_batch_size: int) -> str:
         )
     parts.append(f"Deciding took {rec.decision_seconds:.1f} s.")
     return " ".join(parts)
+
+
+def unresolved_base_race(rec: Recommendation) -> tuple[list[float], int, float] | None:
+    """(challenger lrs, steps they were cut at, pilot A's steps) when the base-batch lr race judged nothing.
+
+    That is when every challenger was cut before reaching pilot A's level without diverging: the
+    race's margin (what the pilots' validations resolve) asked for more than any of them showed
+    in its steps, so the anchor's lr is the task's by default. None when the race decided
+    something, or did not run.
+    """
+    base = rec.anchor["batch_size"]
+    racers = [r for r in rec.lr_race if r["batch_size"] == base]
+    leader = next((r for r in racers if r["won"]), None)
+    challengers = [r for r in racers if not r["won"]]
+    if leader is None or leader["steps_to_level"] is None or not challengers:
+        return None
+    if any(r["steps_to_level"] is not None or r["diverged"] for r in challengers):
+        return None
+    cut_at = max(r["steps_run"] for r in challengers)
+    if cut_at <= 0 or cut_at >= leader["steps_to_level"]:
+        return None  # ran as long as the pilot and still slower: that is a judgement
+    return [r["lr"] for r in challengers], cut_at, float(leader["steps_to_level"])
 
 
 def pilot_coverage(rec: Recommendation) -> float | None:
