@@ -54,10 +54,10 @@ from torch import nn
 
 from batchsage.adaptive import DEFAULT_CALIBRATION, AdaptiveBatch
 from batchsage.cli._app import write_json
+from batchsage.engine import TrainingHook, TrainResult, TrainState, train
 from batchsage.errors import BatchsageError
 from batchsage.plan import power_of_two_grid, scaled_lr
 from batchsage.task import Task, load_task
-from batchsage.training import TrainingHook, TrainResult, TrainState, train
 
 FIXED = "fixed (best of grid)"
 ADAPTIVE_FROM_BEST = "adaptive from best fixed"

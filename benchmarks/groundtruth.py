@@ -61,10 +61,10 @@ from rich.console import Console
 import gt_regret as regret_lib
 import gt_strategies as strategies
 from batchsage.cli._app import write_json
+from batchsage.engine import StepUpdate, TrainingHook, TrainState, train
 from batchsage.errors import BatchsageError, ConfigError
 from batchsage.plan import scaled_lr
 from batchsage.task import Task, load_task
-from batchsage.training import StepUpdate, TrainingHook, TrainState, train
 from gt_regret import Trial
 from gt_strategies import Choice
 

@@ -33,9 +33,9 @@ import torch
 
 from batchsage.data import BatchStream, move_to
 from batchsage.device import Device, resolve_device
+from batchsage.engine import accumulate_gradients
 from batchsage.plan import scaled_lr
 from batchsage.task import Task
-from batchsage.training import accumulate_gradients
 
 STRATEGIES = ("batchsage", "default32", "memory_ceiling", "max_throughput", "doubling")
 

@@ -3,7 +3,7 @@
     python benchmarks/noise_overhead.py [--task fashion-mlp] [--batch-size 128] [--steps 12000] \
         [--switch-every 2] [--budget 0.03] [--out benchmarks/results/noise_overhead.json]
 
-One training run (``batchsage.training.train``) at B with the task's base lr. Its steps alternate
+One training run (``batchsage.engine.train``) at B with the task's base lr. Its steps alternate
 every ``--switch-every`` steps between monitor on (a :class:`NoiseScaleMonitor` whose period
 adapts to the overhead budget) and monitor off (the monitor is not called at all), so both see
 the same machine load and the same phase of training. Every step's seconds, as the loop measures
@@ -39,9 +39,9 @@ import torch
 from rich.console import Console
 
 from batchsage.cli._app import write_json
+from batchsage.engine import StepUpdate, TrainingHook, TrainState, train
 from batchsage.noise import NoiseScaleMonitor, trimmed_mean
 from batchsage.task import load_task
-from batchsage.training import StepUpdate, TrainingHook, TrainState, train
 
 console = Console()
 

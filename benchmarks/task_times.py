@@ -36,10 +36,10 @@ from rich.console import Console
 from rich.progress import Progress
 
 from batchsage.cli._app import write_json
+from batchsage.engine import TrainingHook, TrainResult, TrainState, train
 from batchsage.plan import scaled_lr
 from batchsage.task import Task, TaskError, load_task
 from batchsage.tasks import BUILTIN_NAMES
-from batchsage.training import TrainingHook, TrainResult, TrainState, train
 from groundtruth import load_average, machine_info
 from gt_regret import median_time, same_lr
 

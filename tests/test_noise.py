@@ -13,6 +13,7 @@ from torch.utils.data import TensorDataset
 from typer.testing import CliRunner
 
 from batchsage.cli import app
+from batchsage.engine import train
 from batchsage.errors import ConfigError
 from batchsage.noise import (
     Measurement,
@@ -29,7 +30,6 @@ from batchsage.noise import (
 )
 from batchsage.task import Task, load_task
 from batchsage.tasks.common import accuracy, cross_entropy_loss
-from batchsage.training import train
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -225,7 +225,7 @@ def test_fixed_period_measures_every_kth_step() -> None:
 def test_disabled_monitor_does_not_split_steps() -> None:
     monitor = NoiseScaleMonitor(every=1)
     monitor.enabled = False
-    from batchsage.training import TrainState
+    from batchsage.engine import TrainState
 
     assert monitor.micro_batches(TrainState(), 1) == 1
     assert monitor.estimate() is None
@@ -242,9 +242,14 @@ def test_monitor_rejects_bad_arguments() -> None:
         NoiseScaleMonitor(overhead_budget=0)
 
 
-def test_exact_method_cannot_run_inside_the_training_loop() -> None:
-    with pytest.raises(NoiseError, match="backward"):
-        train(tiny_task(), 32, 0.1, hooks=[NoiseScaleMonitor(every=1, method="exact")], max_samples=64)
+def test_exact_method_runs_inside_the_engine_without_changing_the_training() -> None:
+    monitor = NoiseScaleMonitor(every=1, method="exact")
+    measured = train(tiny_task(), 32, 0.1, hooks=[monitor], max_samples=256, stop_at_target=False)
+    plain = train(tiny_task(), 32, 0.1, max_samples=256, stop_at_target=False)
+    assert monitor.measurements == measured.steps == 8
+    assert monitor.estimate() is not None
+    # The per-example pass replaces the step's backward with the same gradient.
+    assert [p.metric for p in measured.history] == [p.metric for p in plain.history]
 
 
 # ---- the exact reference ---------------------------------------------------------------------

@@ -23,6 +23,7 @@ from torch.utils.data import TensorDataset
 
 from batchsage import Task
 from batchsage.device import Device
+from batchsage.engine import train
 from batchsage.probe import probe
 from batchsage.probe.memory import (
     AllocatorPeakMeter,
@@ -35,7 +36,6 @@ from batchsage.probe.memory import (
     probe_memory,
     search_ceiling,
 )
-from batchsage.training import train
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc (Linux)")
 
@@ -166,9 +166,10 @@ def test_budget_just_below_one_sample_step_is_an_error_naming_the_peak(
 
 
 def test_out_of_memory_in_a_probe_is_survived(wide_task: Task, one_sample_peak: int) -> None:
-    meter = ForkedPeakRSSMeter(wide_task)
-    # 500k samples × 64 KiB activations ≈ 30 GiB: the child's allocation fails under its limit.
-    huge = meter.measure(500_000, one_sample_peak + 160 * MiB)
+    heavy = _wide_task(num_samples=4096, hidden=262_144)
+    meter = ForkedPeakRSSMeter(heavy)
+    # 4096 samples × 1 MiB activations ≈ 4 GiB a tensor: the child's allocation fails under its limit.
+    huge = meter.measure(4096, one_sample_peak + 160 * MiB)
     assert huge.outcome == "out of memory" and "allocate" in huge.detail
     assert not huge.fits and huge.peak_bytes is None
     # The parent is alive, and a search goes on past such a failure: with 1 MiB activations per

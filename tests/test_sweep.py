@@ -25,6 +25,7 @@ from optuna.trial import TrialState
 from typer.testing import CliRunner
 
 from batchsage.cli import app
+from batchsage.engine import TrainState
 from batchsage.errors import BatchsageError, ConfigError
 from batchsage.report.pareto import pareto_front, plot_pareto
 from batchsage.sweep import (
@@ -43,7 +44,6 @@ from batchsage.sweep import (
     rule_lr,
     run_sweep,
 )
-from batchsage.training import TrainState
 
 sys.path.insert(0, str(Path(__file__).parent))
 from sweep_worker import make_clock_task

@@ -12,7 +12,7 @@ from torch import nn
 
 from batchsage import ConfigError, StepUpdate, Task, TrainingHook, TrainState, train
 from batchsage.data import BatchStream
-from batchsage.training import accumulate_gradients
+from batchsage.engine import accumulate_gradients
 
 
 def test_reaches_target_on_a_small_task(tiny_task: Task) -> None:

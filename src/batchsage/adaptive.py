@@ -5,7 +5,7 @@ so a batch that is right at the start is too small at the end. Growing the batch
 what a learning-rate decay does, in fewer steps (Smith et al. 2018, "Don't Decay the Learning
 Rate, Increase the Batch Size"; Pollux, Qiao et al. 2021).
 
-:class:`AdaptiveBatch` is a :class:`~batchsage.training.TrainingHook` that owns a
+:class:`AdaptiveBatch` is a :class:`~batchsage.engine.TrainingHook` that owns a
 :class:`~batchsage.noise.NoiseScaleMonitor`. Every few new noise measurements it reads the
 current estimate, calibrates it (``B_noise = calibration · B_simple``: B_simple is off the
 critical batch by a task-dependent factor, DESIGN.md pitfalls; 1.0 unless a Recommendation
@@ -64,8 +64,7 @@ from torch.utils.data import Dataset, Sampler
 
 from batchsage import plan
 from batchsage.data import batch_len, gather
-from batchsage.errors import ConfigError
-from batchsage.training import (
+from batchsage.engine import (
     StepUpdate,
     TrainingHook,
     TrainResult,
@@ -73,6 +72,7 @@ from batchsage.training import (
     accumulate_gradients,
     train,
 )
+from batchsage.errors import ConfigError
 
 if TYPE_CHECKING:
     from batchsage.recommend import Recommendation
@@ -301,7 +301,7 @@ class AdaptiveBatch(TrainingHook):
     # ---- running ----------------------------------------------------------------------------
 
     def train(self, task: Task, **train_options: Any) -> TrainResult:
-        """Run :func:`batchsage.training.train` from this controller's start (one run per controller).
+        """Run :func:`batchsage.engine.train` from this controller's start (one run per controller).
 
         ``train_options`` go to ``train`` (device, seed, max_samples, max_seconds, hooks...).
         """

@@ -52,6 +52,19 @@ class BatchStream:
     def next_batch(self, batch_size: int) -> Any:
         return gather(self.dataset, self.next_indices(batch_size), self._tensors)
 
+    def state_dict(self) -> dict[str, Any]:
+        """Where the stream is: the shuffling generator, the pending order and the position in it."""
+        return {"generator": self.generator.get_state(), "order": self._order[self._position :].clone(),
+                "size": self.size}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from a :meth:`state_dict` of a stream over the same data set."""
+        if int(state["size"]) != self.size:
+            raise ValueError(f"stream state is for {state['size']} samples, this data set has {self.size}")
+        self.generator.set_state(state["generator"])
+        self._order = state["order"].clone()
+        self._position = 0
+
 
 def gather(dataset: Dataset, indices: torch.Tensor, tensors: tuple[torch.Tensor, ...] | None = None) -> Any:
     """The default-collated batch of ``dataset`` at ``indices``."""

@@ -20,6 +20,8 @@ import torch
 from batchsage.errors import ConfigError
 
 SUPPORTED = ("cpu", "cuda", "mps")
+#: What ``--device`` accepts: a device type (with an index for cuda, "cuda:1"), or "auto".
+DEVICE_HELP = "auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps"
 
 
 @dataclass(frozen=True)
@@ -82,15 +84,31 @@ def set_cpu_threads(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
+def best_available() -> str:
+    """The accelerator that is there: cuda, then mps, then cpu."""
+    if torch.cuda.is_available():
+        return "cuda"
+    if torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
 def resolve_device(name: str | torch.device | Device | None = None) -> Device:
-    """Turn "cpu", "cuda", "cuda:1", "mps" or None (best available) into a Device."""
+    """Turn "auto" or None (the best available), "cpu", "cuda", "cuda:1" or "mps" into a Device.
+
+    A tool that measures the user's hardware must measure the accelerator that is there, so
+    every entry point defaults to "auto" and records which device it resolved to.
+    """
     if isinstance(name, Device):
         return name
-    if name is None:
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    torch_device = torch.device(name)
+    if name is None or (isinstance(name, str) and name.strip().lower() == "auto"):
+        name = best_available()
+    try:
+        torch_device = torch.device(name)
+    except (RuntimeError, TypeError) as exc:
+        raise ConfigError(f"device must be one of auto, {', '.join(SUPPORTED)}, got {name!r}") from exc
     if torch_device.type not in SUPPORTED:
-        raise ConfigError(f"device must be one of {', '.join(SUPPORTED)}, got {name!r}")
+        raise ConfigError(f"device must be one of auto, {', '.join(SUPPORTED)}, got {name!r}")
     if torch_device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError("device 'cuda' requested but torch.cuda.is_available() is False")
     if torch_device.type == "mps" and not torch.backends.mps.is_available():

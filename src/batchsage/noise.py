@@ -16,7 +16,7 @@ Three pieces, from the inside out:
   own), so numerator and denominator are averaged separately (EMA, window, or all) and only then
   divided. The 95 % interval is a Bayesian bootstrap (Rubin 1981) over the per-step
   (tr Σ, |G|²) pairs, weighted as the average is.
-- :class:`NoiseScaleMonitor`: a :class:`~batchsage.training.TrainingHook` (or a drop-in for
+- :class:`NoiseScaleMonitor`: a :class:`~batchsage.engine.TrainingHook` (or a drop-in for
   ``loss.backward()`` in a plain loop) that splits every k-th step into micro-batches, and picks k
   from the measured cost of an instrumented step against a plain one, so that the overhead stays
   under a budget.
@@ -43,11 +43,10 @@ import torch
 from torch import nn
 from torch.utils._pytree import tree_map
 
-from batchsage.data import BatchStream, batch_len, move_to
-from batchsage.device import resolve_device
+from batchsage.data import batch_len
+from batchsage.engine import Run, TrainingHook, TrainState, accumulate_gradients, validate_run_args
 from batchsage.errors import BatchsageError, ConfigError
 from batchsage.task import Task, load_task
-from batchsage.training import TrainingHook, TrainState, accumulate_gradients, validate_run_args
 
 Variant = Literal["plain", "adam-preconditioned"]
 Method = Literal["estimator", "exact"]
@@ -468,7 +467,7 @@ def adam_preconditioner(optimizer: torch.optim.Optimizer,
 class NoiseScaleMonitor(TrainingHook):
     """Measures the gradient noise scale while a model trains, within an overhead budget.
 
-    With :func:`batchsage.training.train`: ``train(task, B, lr, hooks=[monitor])``. In a plain
+    With :func:`batchsage.engine.train`: ``train(task, B, lr, hooks=[monitor])``. In a plain
     PyTorch loop, replace ``loss_fn(model, batch).backward()`` with
     ``loss = monitor.backward(model, batch, loss_fn)`` (call ``optimizer.zero_grad()`` before as
     usual; ``monitor.end_step()`` after ``optimizer.step()`` makes the timing exact).
@@ -522,6 +521,7 @@ class NoiseScaleMonitor(TrainingHook):
         self._was_measured = False
         self._started_at: float | None = None
         self._own_seconds = 0.0  # the monitor's bookkeeping within the current step
+        self._step_finished = False
         self._reset_step_buffers()
 
     # ---- what callers read ------------------------------------------------------------------
@@ -569,9 +569,15 @@ class NoiseScaleMonitor(TrainingHook):
 
     def micro_batches(self, state: TrainState, accumulation_steps: int) -> int:
         self._begin_step()
-        if self._measuring and self.method == "exact":
-            raise NoiseError("the exact method needs the batch: use monitor.backward(model, batch, loss_fn)")
+        if self.method == "exact":
+            return accumulation_steps  # the per-example pass replaces the step's backward
         return max(accumulation_steps, self.micro_batches_per_step) if self._measuring else accumulation_steps
+
+    def replace_backward(self, model: nn.Module, batch: Any, loss_fn: LossFn) -> float | None:
+        """The exact method's per-example pass does a measured step's forward and backward."""
+        if self.method != "exact" or not self._measuring:
+            return None
+        return float(self._exact_backward(model, batch, loss_fn))
 
     def on_micro_backward(self, model: nn.Module, index: int, parts: int, batch_size: int) -> None:
         if not self._measuring:
@@ -589,6 +595,8 @@ class NoiseScaleMonitor(TrainingHook):
         self._previous = flat
 
     def on_gradients(self, model: nn.Module, state: TrainState, loss: float) -> None:
+        if self._step_finished:  # the exact method's pass already recorded this step
+            return
         entered = time.perf_counter()
         self._finish_gradients(loss)
         self._own_seconds += time.perf_counter() - entered
@@ -653,6 +661,7 @@ class NoiseScaleMonitor(TrainingHook):
 
     def _begin_step(self) -> None:
         self.end_step()  # a plain loop that never calls end_step: time start to start
+        self._step_finished = False
         entered = time.perf_counter()
         if self._was_measured:
             self._reset_step_buffers()
@@ -672,6 +681,7 @@ class NoiseScaleMonitor(TrainingHook):
                 self._measuring = False  # Adam has no second moment before its first step
 
     def _finish_gradients(self, loss: float) -> None:
+        self._step_finished = True
         step = self._schedule.steps
         if self.enabled:
             self.statistics.add_loss(step, loss)
@@ -909,7 +919,7 @@ def measure_noise(task: Task | str, batch_size: int | None = None, steps: int = 
                   method: Method = "estimator", *, micro_batches: int = 8, every: int | None = 2,
                   overhead_budget: float = 0.03, variant: Variant = "plain", lr: float | None = None,
                   at_initial_point: bool = False, ema: float | None = 0.95,
-                  report_every: int | None = None, device: str | None = "cpu", seed: int | None = None,
+                  report_every: int | None = None, device: str | None = "auto", seed: int | None = None,
                   progress: bool = True) -> NoiseReport:
     """Train ``steps`` steps at ``batch_size`` from the task's initial point, measuring the noise scale.
 
@@ -933,24 +943,19 @@ def measure_noise(task: Task | str, batch_size: int | None = None, steps: int = 
     batch_size = task.base_batch_size if batch_size is None else batch_size
     lr = task.base_lr if lr is None else lr
     _validate_measure_args(task, batch_size, lr, steps, method, micro_batches, variant, at_initial_point)
-    dev = resolve_device(device)
     run_seed = task.seed if seed is None else seed
-    devices = [dev.torch_device] if dev.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(run_seed)
-        model = task.make_model().to(dev.torch_device)
-        optimizer = task.make_optimizer(model.parameters(), lr)
-        monitor = NoiseScaleMonitor(
-            micro_batches, every, overhead_budget, None if at_initial_point else ema,
-            report_every=report_every or _default_report_every(steps, every),
-            variant=variant, optimizer=optimizer, method=method,
-            dataset_size=task.num_train_samples, seed=run_seed,
-        )
-        stream = BatchStream(task.train_data, seed=run_seed)
-        start = time.perf_counter()
-        done, interrupted = _run_steps(task, model, optimizer, monitor, stream, dev, batch_size, steps,
-                                       at_initial_point, progress)
-        seconds = time.perf_counter() - start
+    run = Run(task, batch_size, lr, seed=run_seed, device=device)
+    run.hold_weights = at_initial_point
+    monitor = NoiseScaleMonitor(
+        micro_batches, every, overhead_budget, None if at_initial_point else ema,
+        report_every=report_every or _default_report_every(steps, every),
+        variant=variant, optimizer=run.optimizer, method=method,
+        dataset_size=task.num_train_samples, seed=run_seed,
+    )
+    run.hooks.append(monitor)
+    start = time.perf_counter()
+    done, interrupted = _run_steps(run, steps, progress)
+    seconds = time.perf_counter() - start
     monitor.flush()
     estimate = monitor.estimate()
     if estimate is None:
@@ -992,28 +997,20 @@ def _validate_measure_args(task: Task, batch_size: int, lr: float, steps: int, m
                           "after optimiser steps: drop at_initial_point")
 
 
-def _run_steps(task: Task, model: nn.Module, optimizer: torch.optim.Optimizer, monitor: NoiseScaleMonitor,
-               stream: BatchStream, dev: Any, batch_size: int, steps: int, at_initial_point: bool,
-               progress: bool) -> tuple[int, bool]:
-    """The plain loop; returns (steps done, interrupted)."""
+def _run_steps(run: Run, steps: int, progress: bool) -> tuple[int, bool]:
+    """Step the run ``steps`` times (or until it diverges); returns (steps done, interrupted)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    model.train()
-    done = 0
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     with Progress(*columns, transient=True, disable=not progress) as bar:
-        bar_id = bar.add_task(f"noise scale of {task.name} at B={batch_size}", total=steps)
+        bar_id = bar.add_task(f"noise scale of {run.task.name} at B={run.batch_size}", total=steps)
         try:
-            for _ in range(steps):
-                batch = move_to(stream.next_batch(batch_size), dev.torch_device)
-                optimizer.zero_grad(set_to_none=True)
-                loss = monitor.backward(model, batch, task.loss_fn)
-                if not at_initial_point and math.isfinite(float(loss)):
-                    optimizer.step()
-                dev.synchronize()
-                monitor.end_step()
-                done += 1
-                bar.update(bar_id, advance=1)
+            with run.activated():
+                for _ in range(steps):
+                    run.step()
+                    bar.update(bar_id, advance=1)
+                    if run.diverged:
+                        break
         except KeyboardInterrupt:
-            return done, True
-    return done, False
+            return run.state.step, True
+    return run.state.step, False

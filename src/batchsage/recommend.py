@@ -34,11 +34,11 @@ from typing import Any
 
 from rich.console import Console
 
-from batchsage import fit, plan
+from batchsage import curves, plan
 from batchsage.device import resolve_device
+from batchsage.engine import StepUpdate, TrainingHook, TrainResult, TrainState, train
 from batchsage.errors import ConfigError
 from batchsage.task import Task, load_task
-from batchsage.training import StepUpdate, TrainingHook, TrainResult, TrainState, train
 
 #: Pilot B's batch is this many times pilot A's (when memory and data allow): far enough apart
 #: that the step counts differ measurably, close enough that B_crit is measured where it matters.
@@ -379,7 +379,7 @@ def measure_validation_seconds(task: Task, device: Any) -> float:
     """Seconds of one validation pass on a fresh model (the median of two; caller's RNG kept)."""
     import torch
 
-    from batchsage.training import evaluate
+    from batchsage.engine import evaluate
 
     dev = resolve_device(device)
     with torch.random.fork_rng(devices=[dev.torch_device] if dev.type == "cuda" else []):
@@ -514,7 +514,7 @@ def _noise_from_monitor(monitor: Any) -> NoiseSummary:
         {"step": p.step, "train_loss": p.train_loss, "b_simple": p.b_simple}
         for p in getattr(monitor, "trajectory", [])
     ]
-    growth = fit.power_law_growth([p["step"] for p in trajectory], [p["b_simple"] for p in trajectory])
+    growth = curves.power_law_growth([p["step"] for p in trajectory], [p["b_simple"] for p in trajectory])
     b_simple = estimate.b_simple if estimate is not None else None
     return NoiseSummary(
         b_simple=b_simple,
@@ -740,7 +740,7 @@ def _level_run(task: Task, device: Any, batch_size: int, lr: float, level: float
 def _steps_to(task: Task, run: PilotRun, level: float) -> float:
     """Steps ``run`` needed to reach ``level`` (interpolated between validations); inf if never."""
     steps, metrics = run.steps_and_metrics()
-    reached = fit.steps_to_level(steps, metrics, level, task.higher_is_better)
+    reached = curves.steps_to_level(steps, metrics, level, task.higher_is_better)
     return float(reached) if reached is not None and reached > 0 else math.inf
 
 
@@ -775,7 +775,7 @@ def fit_plan_parameters(task: Task, pilot_a: PilotRun, pilot_b: PilotRun | None,
     state, not the lr).
     """
     steps_a, metrics_a = pilot_a.steps_and_metrics()
-    to_target = fit.extrapolate_steps_to_target(steps_a, metrics_a, task.target, task.higher_is_better)
+    to_target = curves.extrapolate_steps_to_target(steps_a, metrics_a, task.target, task.higher_is_better)
     total_steps = to_target.steps if to_target.reachable else task.max_samples / pilot_a.batch_size
     small = base_racer or pilot_a
     b_crit, level_step = _critical_batch(task, small, pilot_b)
@@ -788,7 +788,7 @@ def fit_plan_parameters(task: Task, pilot_a: PilotRun, pilot_b: PilotRun | None,
         if level_step is not None:
             level_step /= step_ratio  # in pilot A's steps
     growth = (
-        fit.PowerLaw(noise.growth_scale, noise.growth_exponent)
+        curves.PowerLaw(noise.growth_scale, noise.growth_exponent)
         if noise.growth_scale is not None and noise.growth_exponent is not None
         else None
     )
@@ -815,7 +815,7 @@ def _critical_batch(task: Task, small: PilotRun,
     at_small, at_large = _steps_to(task, small, level), _steps_to(task, large, level)
     if math.isinf(at_small) or math.isinf(at_large):
         return None, None
-    b_crit = fit.critical_batch_from_two_runs(small.batch_size, at_small, large.batch_size, at_large)
+    b_crit = curves.critical_batch_from_two_runs(small.batch_size, at_small, large.batch_size, at_large)
     return b_crit, at_small
 
 
@@ -826,7 +826,7 @@ NOISE_FROM_GROWTH = "pilot-calibrated B_simple, averaged over the run"
 def _effective_noise(
     b_crit: float | None,
     level_step: float | None,
-    growth: fit.PowerLaw | None,
+    growth: curves.PowerLaw | None,
     b_simple: float | None,
     total_steps: float,
     pilot_a: PilotRun,
@@ -845,7 +845,7 @@ def _effective_noise(
         b_simple_at_level = growth(level_step)
         calibration = b_crit / b_simple_at_level if b_simple_at_level > 0 else None
         if calibration is not None:
-            return (calibration * fit.effective_noise_scale(growth, total_steps), calibration,
+            return (calibration * curves.effective_noise_scale(growth, total_steps), calibration,
                     NOISE_FROM_GROWTH)
     if b_crit is not None:
         return b_crit, None, "critical batch from two pilots, no noise-scale growth measured"

@@ -76,8 +76,8 @@ def train_command(
     ),
 ) -> None:
     """Train one (batch size, lr) to the task's target and report time to target."""
+    from batchsage.engine import train, validate_run_args
     from batchsage.task import load_task
-    from batchsage.training import train, validate_run_args
 
     loaded = load_task(task)
     validate_run_args(loaded, batch_size, lr, accumulation, warmup_steps)

@@ -61,7 +61,7 @@ class ProbeResult:
 
 def probe(
     task: Task | str,
-    device: str | Device | None = "cpu",
+    device: str | Device | None = "auto",
     memory_budget_bytes: int | None = None,
     time_budget_seconds: float = 20.0,
     *,

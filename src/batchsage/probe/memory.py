@@ -43,7 +43,6 @@ fresh model from ``task.make_model()`` (in a child on CPU; a copy under a forked
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 import os
@@ -64,11 +63,10 @@ import psutil
 import torch
 from torch import nn
 
-from batchsage.data import BatchStream, move_to
 from batchsage.device import Device, is_out_of_memory, resolve_device
+from batchsage.engine import Run
 from batchsage.errors import BatchsageError, ConfigError
 from batchsage.task import Task
-from batchsage.training import accumulate_gradients
 from batchsage.units import format_bytes
 
 #: The first probe's batch size: small enough to be cheap, large enough that per-batch effects of
@@ -237,9 +235,9 @@ class StepMemoryMeter(Protocol):
     def default_budget_bytes(self) -> tuple[int, str]: ...
 
 
-def run_training_steps(task: Task, model: nn.Module, batch_size: int, device: Device,
+def run_training_steps(task: Task, batch_size: int, device: Device,
                        read_peak: Callable[[], int]) -> tuple[int, int]:
-    """Training steps at ``batch_size`` until the peak stops growing; returns (peak bytes, steps).
+    """Engine steps of a fresh run at ``batch_size`` until the peak stops growing; (peak bytes, steps).
 
     One step is not enough. During the first, the optimiser state does not exist yet (the first
     ``optimizer.step()`` creates it); in the second, glibc has raised its mmap threshold after
@@ -249,17 +247,10 @@ def run_training_steps(task: Task, model: nn.Module, batch_size: int, device: De
     more than ``PLATEAU_FRACTION`` of the step's own memory.
     """
     baseline = read_peak()
-    optimizer = task.make_optimizer(model.parameters(), task.base_lr)
-    stream = BatchStream(task.train_data, seed=task.seed)
+    run = Run(task, batch_size, task.base_lr, device=device)
     peaks: list[int] = []
     while len(peaks) < MAX_STEPS_PER_PROBE:
-        batch = move_to(stream.next_batch(batch_size), device.torch_device)
-        optimizer.zero_grad(set_to_none=True)
-        loss = accumulate_gradients(model, batch, task.loss_fn, 1)
-        if math.isfinite(loss):
-            optimizer.step()
-        del batch
-        device.synchronize()
+        run.step()
         peaks.append(read_peak())
         if len(peaks) >= MIN_STEPS_PER_PROBE and (
             peaks[-1] - peaks[-2] <= PLATEAU_FRACTION * max(peaks[-1] - baseline, 1)
@@ -328,9 +319,7 @@ def _child_main(task: Task, batch_size: int, budget_bytes: int, machine_bytes: i
         if hard != resource.RLIM_INFINITY:
             limit = min(limit, hard)
         resource.setrlimit(resource.RLIMIT_DATA, (limit, hard))
-        torch.manual_seed(task.seed)
-        model = task.make_model()
-        peak, steps = run_training_steps(task, model, batch_size, Device(torch.device("cpu")),
+        peak, steps = run_training_steps(task, batch_size, Device(torch.device("cpu")),
                                          lambda: _proc_status()["VmHWM"])
         report.update(peak=peak, steps=steps, outcome="finished")
     except BaseException as exc:  # the child must always answer
@@ -459,19 +448,15 @@ class AllocatorPeakMeter:
         baseline = dev.peak_memory_bytes()
         out_of_memory = False
         steps = 1
-        with preserved_rng(dev):
-            torch.manual_seed(self.task.seed)
-            try:
-                model = fresh_model(self.task).to(dev.torch_device)
-                _peak, steps = run_training_steps(self.task, model, batch_size, dev,
-                                                  lambda: dev.peak_memory_bytes() or 0)
-            except Exception as exc:
-                if not is_out_of_memory(exc):
-                    raise ProbeError(
-                        f"a training step at batch size {batch_size} failed: {type(exc).__name__}: {exc}"
-                    ) from exc
-                out_of_memory = True  # handled below, once the traceback's tensors are gone
-            model = None  # release the parameters before emptying the cache
+        try:
+            _peak, steps = run_training_steps(self.task, batch_size, dev,
+                                              lambda: dev.peak_memory_bytes() or 0)
+        except Exception as exc:
+            if not is_out_of_memory(exc):
+                raise ProbeError(
+                    f"a training step at batch size {batch_size} failed: {type(exc).__name__}: {exc}"
+                ) from exc
+            out_of_memory = True  # handled below, once the traceback's tensors are gone
         peak = None if out_of_memory else dev.peak_memory_bytes()
         dev.empty_cache()
         seconds = time.perf_counter() - start
@@ -502,15 +487,6 @@ def preserved_rng(device: Device | None = None) -> Iterator[None]:
     finally:
         random.setstate(python_state)
         np.random.set_state(numpy_state)
-
-
-def fresh_model(task: Task) -> nn.Module:
-    """``task.make_model()``, copied, so that a factory returning a shared instance is not trained."""
-    model = task.make_model()
-    try:
-        return copy.deepcopy(model)
-    except Exception:  # an uncopyable model: the factory is trusted to return a fresh one
-        return model
 
 
 # --------------------------------------------------------------------------------------------
@@ -772,7 +748,7 @@ def fit_line(probes: list[MemoryProbe]) -> tuple[int, float]:
 
 def probe_memory(
     task: Task,
-    device: str | Device | None = "cpu",
+    device: str | Device | None = "auto",
     budget_bytes: int | None = None,
     max_batch_size_limit: int | None = None,
     *,

@@ -1,8 +1,8 @@
 """The throughput curve: median step time t(B) of a training step at log-spaced batch sizes.
 
-A step is what the training loop times (``batchsage.training``): gather the batch, move it to the
-device, zero the gradients, forward and backward, optimiser step, device synchronised before each
-clock read. The probe
+A step is the engine's step (``batchsage.engine.Run.step``), timed as every training run times it:
+gather the batch, move it to the device, zero the gradients, forward and backward, optimiser step,
+device synchronised before each clock read. The probe
 
 1. climbs the batch sizes in ascending order with ``warmup_steps`` untimed steps each (first
    steps pay one-off costs: allocator growth, kernel selection), estimating each step's cost;
@@ -13,8 +13,8 @@ clock read. The probe
    steps there, each timed alone. Rounds continue while the time budget lasts.
 
 The median over all timed steps at a batch size is its step time; samples/s is B over it.
-Everything runs in this process on a fresh model built under a preserved RNG state: the caller's
-model, optimiser and random state are not touched.
+Everything runs in this process on a fresh run of the task: the caller's model, optimiser and
+random state are not touched.
 """
 
 from __future__ import annotations
@@ -26,14 +26,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
-
-from batchsage.data import BatchStream, move_to
 from batchsage.device import Device, resolve_device
+from batchsage.engine import Run
 from batchsage.errors import ConfigError
-from batchsage.probe.memory import fresh_model, preserved_rng
 from batchsage.task import Task
-from batchsage.training import accumulate_gradients
 
 #: Rounds the timed phase aims for (more if time allows, up to ``MAX_ROUNDS``).
 TARGET_ROUNDS = 5
@@ -137,32 +133,21 @@ def log_spaced_batch_sizes(max_batch_size: int, smallest: int = 1) -> list[int]:
 
 
 class _Stepper:
-    """One model and optimiser on the device; ``step(B)`` runs and times one training step."""
+    """A training run on the device whose batch size changes per step; ``step(B)`` times one step."""
 
     def __init__(self, task: Task, device: Device) -> None:
-        self.task = task
-        self.device = device
-        self.model = fresh_model(task).to(device.torch_device)
-        self.model.train()
-        self.optimizer = task.make_optimizer(self.model.parameters(), task.base_lr)
-        self.stream = BatchStream(task.train_data, seed=task.seed)
+        self.run = Run(task, 1, task.base_lr, device=device)
 
     def step(self, batch_size: int) -> float:
-        # The same work, in the same order, as the training loop's step (training._Loop._step).
-        self.device.synchronize()
-        start = time.perf_counter()
-        batch = move_to(self.stream.next_batch(batch_size), self.device.torch_device)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss = accumulate_gradients(self.model, batch, self.task.loss_fn, 1)
-        if math.isfinite(loss):
-            self.optimizer.step()
-        self.device.synchronize()
-        return time.perf_counter() - start
+        # The engine's own step: the same work, in the same order, as every training run's.
+        self.run.set_batch(batch_size)
+        self.run.step()
+        return self.run.step_log[-1][1]
 
 
 def probe_throughput(
     task: Task,
-    device: str | Device | None = "cpu",
+    device: str | Device | None = "auto",
     max_batch_size: int | None = None,
     time_budget_seconds: float = 20.0,
     batch_sizes: Sequence[int] | None = None,
@@ -197,12 +182,10 @@ def probe_throughput(
         if on_progress is not None:
             on_progress(min((time.perf_counter() - start) / time_budget_seconds, 1.0), text)
 
-    with preserved_rng(dev):
-        torch.manual_seed(task.seed)
-        stepper = _Stepper(task, dev)
-        estimates = _warm_up(stepper, sizes, warmup_steps, deadline, report)
-        measured = sorted(estimates)
-        timings, rounds = _timed_rounds(stepper, estimates, deadline, report)
+    stepper = _Stepper(task, dev)
+    estimates = _warm_up(stepper, sizes, warmup_steps, deadline, report)
+    measured = sorted(estimates)
+    timings, rounds = _timed_rounds(stepper, estimates, deadline, report)
     points = [
         ThroughputPoint(
             batch_size=size,

@@ -26,7 +26,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from batchsage.training import StepUpdate, TrainingHook, TrainState
+from batchsage.engine import StepUpdate, TrainingHook, TrainState
 
 RUNG_ETA = 3.0
 RUNG_FRACTIONS = (1.0 / RUNG_ETA**2, 1.0 / RUNG_ETA)

@@ -30,6 +30,7 @@ from rich.progress import (
 )
 
 from batchsage.device import Device, is_out_of_memory, resolve_device
+from batchsage.engine import TrainState, train
 from batchsage.errors import BatchsageError, ConfigError
 from batchsage.sweep._cut import CutHook, estimate_full_steps
 from batchsage.sweep._grid import (
@@ -50,7 +51,6 @@ from batchsage.sweep._result import (
 )
 from batchsage.sweep._store import FINISHED_STATES, Claim, SweepStore, display_url, result_of
 from batchsage.task import Task, load_task
-from batchsage.training import TrainState, train
 
 Procedure = Literal["grid", "doubling"]
 #: Wall seconds between looks at the storage while other processes finish their trials.
