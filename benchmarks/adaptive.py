@@ -53,9 +53,9 @@ from rich.table import Table
 from torch import nn
 
 from batchsage.adaptive import DEFAULT_CALIBRATION, AdaptiveBatch
-from batchsage.cli._app import write_json
 from batchsage.engine import TrainingHook, TrainResult, TrainState, train
 from batchsage.errors import BatchsageError
+from batchsage.jsonio import write_json
 from batchsage.plan import power_of_two_grid, scaled_lr
 from batchsage.task import Task, load_task
 
@@ -562,7 +562,7 @@ def _run_benchmark(task: Task, args: argparse.Namespace, groundtruth: Path, docu
     calibration = args.calibration if args.calibration is not None else DEFAULT_CALIBRATION
     document["calibration"] = {"value": calibration, "source": "argument" if args.calibration else "default"}
     if args.recommend:
-        from batchsage.recommend import recommend
+        from batchsage.decide import recommend
 
         rec = recommend(task, device=args.device, progress=False)
         if rec.noise_scale.calibration is not None:

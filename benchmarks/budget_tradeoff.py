@@ -33,7 +33,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from batchsage.recommend import recommend
+from batchsage.decide import recommend
 from groundtruth import STORAGE_DIR, storage_path
 
 HERE = Path(__file__).resolve().parent

@@ -60,9 +60,9 @@ from rich.console import Console
 
 import gt_regret as regret_lib
 import gt_strategies as strategies
-from batchsage.cli._app import write_json
 from batchsage.engine import StepUpdate, TrainingHook, TrainState, train
 from batchsage.errors import BatchsageError, ConfigError
+from batchsage.jsonio import write_json
 from batchsage.plan import scaled_lr
 from batchsage.task import Task, load_task
 from gt_regret import Trial

@@ -12,7 +12,7 @@ procedures, with real training steps on the task, so their decision time is meas
 - ``max_throughput``: Ludwig's ``batch_size: auto`` (``BatchSizeEvaluator``): from B = 2, time 5
   training steps, double while B ≤ 20 % of the training set and fits, stop at the first drop in
   samples/s, keep the fastest; lr scaled linearly. DeepSpeed's autotuner also maximises samples/s.
-- ``batchsage``: :func:`batchsage.recommend.recommend`, its own ``decision_seconds``.
+- ``batchsage``: :func:`batchsage.decide.recommend`, its own ``decision_seconds``.
 - ``doubling``: the seed articles' procedure, run by the sweep engine (``procedure="doubling"``); its
   whole sweep's wall-clock is the decision time.
 
@@ -208,7 +208,7 @@ def choose_max_throughput(task: Task, fits: Callable[[int], bool],
 def choose_batchsage(task: Task, *, device: str | None = "cpu", memory_budget_bytes: int | None = None,
                      budget_seconds: float | None = None, progress: bool = True) -> tuple[Choice, Any]:
     """Run ``recommend`` and return its choice with the full Recommendation."""
-    from batchsage.recommend import recommend
+    from batchsage.decide import recommend
 
     kwargs: dict[str, Any] = {"device": device, "memory_budget_bytes": memory_budget_bytes,
                               "progress": progress}

@@ -38,8 +38,8 @@ from typing import Any
 import torch
 from rich.console import Console
 
-from batchsage.cli._app import write_json
 from batchsage.engine import StepUpdate, TrainingHook, TrainState, train
+from batchsage.jsonio import write_json
 from batchsage.noise import NoiseScaleMonitor, trimmed_mean
 from batchsage.task import load_task
 

@@ -39,7 +39,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from batchsage.cli._app import write_json
+from batchsage.jsonio import write_json
 from batchsage.probe.memory import ForkedPeakRSSMeter, MemoryProbe, probe_memory
 from batchsage.task import Task, load_task
 from batchsage.units import format_bytes, parse_size

@@ -35,8 +35,8 @@ import torch
 from rich.console import Console
 from rich.progress import Progress
 
-from batchsage.cli._app import write_json
 from batchsage.engine import TrainingHook, TrainResult, TrainState, train
+from batchsage.jsonio import write_json
 from batchsage.plan import scaled_lr
 from batchsage.task import Task, TaskError, load_task
 from batchsage.tasks import BUILTIN_NAMES

@@ -84,4 +84,7 @@ def test_step_time_model_interpolates_and_extrapolates() -> None:
     model = plan.step_time_model([16, 64, 32], [0.001, 0.004, 0.0005])
     assert model(8) == pytest.approx(model(16))  # flat below the smallest measurement
     assert model(16) <= model(32) <= model(64)  # the dip at 32 is pooled away
-    assert model(128) == pytest.approx(2 * model(64))  # linear beyond the largest
+    slope = (model(64) - model(32)) / 32
+    assert model(128) == pytest.approx(model(64) + 64 * slope)  # linear beyond the largest
+    flat_tail = plan.step_time_model([16, 32], [0.002, 0.002])
+    assert flat_tail(64) == pytest.approx(0.004)  # no slope measured: constant throughput

@@ -165,16 +165,26 @@ def test_console_table_lists_candidates_and_answer(width: int) -> None:
     document = make_document()
     document["candidates"][-1]["step_seconds"] = 1.2345  # ms ≥ 1000 prints as "1,234", never 1.23e+03
     console = Console(record=True, width=width, color_system=None)
-    print_recommendation(document, console)
+    print_recommendation(document, console, details=True)
     text = console.export_text()
     assert _table_batch_sizes(text) == [8, 16, 32, 64, 128, 256, 512, 1024]  # one line per row, no wrap
     assert "…" not in text and "e+" not in text
     assert "→ 128" in text and "1,234" in text
     assert "256 × 2" in text and "256 × 4" in text  # accumulation beyond the ceiling of 256
     assert "[bold]because[/bold]" in text  # explanation printed as text, not parsed as Rich markup
-    answer = " ".join(text.strip().split("\n\n")[-1].split())
+    answer = " ".join(text.strip().split("\n\n")[0].split())
     assert answer.startswith("Use batch size 128, lr")
-    assert answer.endswith("(decided in 7.9 s).")
+    assert "(decided in 7.9 s)." in answer
+
+
+def test_console_shows_the_answer_first_then_at_most_five_reasons() -> None:
+    document = make_document()
+    document["why"] = [f"reason {index}" for index in range(7)]
+    console = Console(record=True, width=100, color_system=None)
+    print_recommendation(document, console)
+    lines = console.export_text().strip().splitlines()
+    assert lines[0].startswith("Use batch size 128, lr")
+    assert lines[1:] == [f"  • reason {index}" for index in range(5)]
 
 
 def test_accumulated_recommendation_is_stated() -> None:
@@ -209,8 +219,8 @@ def test_empty_document_still_renders(tmp_path: Path) -> None:
     paths = write_report({"recommended": {}}, tmp_path)
     assert "No recommendation in this document." in paths["html"].read_text(encoding="utf-8")
     console = Console(record=True, width=120, color_system=None)
-    print_recommendation({"recommended": None}, console)
-    assert "No candidate batch sizes were evaluated." in console.export_text()
+    print_recommendation({"recommended": None}, console, details=True)
+    assert "No recommendation in this document." in console.export_text()
 
 
 def test_render_report_from_saved_json(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

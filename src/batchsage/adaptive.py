@@ -15,7 +15,7 @@ measured it) and re-plans:
 - hysteresis: grow only when the *lower* end of the 95 % interval of the calibrated noise scale
   says the larger batch is better, so estimation noise never triggers a change;
 - "better" is the planner's rule: with a step-time model ``t(B)`` (from a throughput probe or a
-  :class:`~batchsage.recommend.Recommendation`), the larger batch must cut the predicted time per
+  :class:`~batchsage.decide.Recommendation`), the larger batch must cut the predicted time per
   unit of progress, ``t(B)·(1 + B_noise/B)``, by more than ``tolerance``; without one, the batch
   follows the critical batch: grow while B_noise is above the current batch (below B_noise a step
   is limited by gradient noise, and a larger batch buys almost proportionally fewer steps);
@@ -75,7 +75,7 @@ from batchsage.engine import (
 from batchsage.errors import ConfigError
 
 if TYPE_CHECKING:
-    from batchsage.recommend import Recommendation
+    from batchsage.decide import Recommendation
     from batchsage.task import LossFn, Task
 
 #: Calibration used without a Recommendation: B_noise = B_simple. McCandlish et al. (2018) find
@@ -616,7 +616,7 @@ def recent_estimate(monitor: Any, step: int) -> tuple[float, tuple[float, float]
 
 
 def controller_for_run(task: Task, batch_size: int, lr: float, accumulation_steps: int = 1,
-                       max_batch_size: int | None = None, device: Any = "cpu") -> AdaptiveBatch:
+                       max_batch_size: int | None = None, device: Any = "auto") -> AdaptiveBatch:
     """The controller ``batchsage train --adaptive`` uses, starting at the run's (B, lr).
 
     The memory ceiling is ``max_batch_size`` if given; else the micro-batch the user chose by

@@ -907,6 +907,7 @@ class NoiseReport:
     seconds: float
     interrupted: bool = False
     trajectory: list[TrajectoryPoint] = field(default_factory=list)
+    device: str = "cpu"
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -961,7 +962,7 @@ def measure_noise(task: Task | str, batch_size: int | None = None, steps: int = 
     if estimate is None:
         raise NoiseError("no step was measured: run more steps")
     return NoiseReport(
-        task=task.name, method=method, variant=variant, batch_size=batch_size,
+        task=task.name, device=str(run.device), method=method, variant=variant, batch_size=batch_size,
         micro_batch_size=estimate.micro_batch_size, steps=done, lr=lr,
         at_initial_point=at_initial_point, b_simple=estimate.b_simple,
         trace_sigma=estimate.trace_sigma, grad_norm_sq=estimate.grad_norm_sq, ci95=estimate.ci95,

@@ -246,12 +246,15 @@ def non_decreasing(values: Sequence[float]) -> list[float]:
     return fitted
 
 
-def step_time_model(batch_sizes: Sequence[int], step_seconds: Sequence[float]) -> Callable[[int], float]:
+def step_time_model(batch_sizes: Sequence[int], step_seconds: Sequence[float]) -> Callable[[float], float]:
     """t(B) from measured medians: made non-decreasing, interpolated log-log between points.
 
-    Beyond the largest measured batch, step time grows linearly in B from the last point (the
-    hardware is saturated there); below the smallest, it stays at the smallest's time (per-step
-    overhead dominates small batches).
+    The one step-time model of batchsage (the recommender, ``fit``, the adaptive controller and
+    ``ThroughputCurve.step_seconds`` all use it). Beyond the largest measured batch, step time
+    grows linearly in B with the last two points' slope (the hardware is full there: each extra
+    sample costs about the same); a flat tail (slope 0) becomes constant throughput. Below the
+    smallest, the first two points' log-log slope, clamped to [0, 1] (a smaller batch is never
+    slower, nor faster than proportionally). One point: proportional above, flat below.
     """
     if len(batch_sizes) != len(step_seconds) or not batch_sizes:
         raise ValueError("need one step time per batch size, and at least one")
@@ -259,12 +262,18 @@ def step_time_model(batch_sizes: Sequence[int], step_seconds: Sequence[float]) -
     sizes = [float(batch_sizes[i]) for i in order]
     times = non_decreasing([float(step_seconds[i]) for i in order])
 
-    def model(batch_size: int) -> float:
+    def model(batch_size: float) -> float:
         b = float(batch_size)
-        if b <= sizes[0]:
-            return times[0]
         if b >= sizes[-1]:
-            return times[-1] * b / sizes[-1]
+            slope = (times[-1] - times[-2]) / (sizes[-1] - sizes[-2]) if len(sizes) > 1 else 0.0
+            if slope <= 0:
+                slope = times[-1] / sizes[-1]
+            return times[-1] + slope * (b - sizes[-1])
+        if b <= sizes[0]:
+            if len(sizes) == 1:
+                return times[0]
+            exponent = math.log(times[1] / times[0]) / math.log(sizes[1] / sizes[0])
+            return times[0] * (b / sizes[0]) ** min(max(exponent, 0.0), 1.0)
         for (b0, t0), (b1, t1) in itertools.pairwise(zip(sizes, times, strict=True)):
             if b0 <= b <= b1:
                 weight = (math.log(b) - math.log(b0)) / (math.log(b1) - math.log(b0))

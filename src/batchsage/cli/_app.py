@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import functools
-import json
 import math
 from collections.abc import Callable
-from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import typer
 from rich.console import Console
 
 from batchsage.errors import BatchsageError
+
+if TYPE_CHECKING:
+    from batchsage.device import Device
+    from batchsage.task import Task
 
 app = typer.Typer(
     add_completion=False,
@@ -42,6 +44,17 @@ def configure(
         set_cpu_threads(threads)
 
 
+def start_command(command: str, task_spec: str, device: str) -> tuple[Task, Device]:
+    """Load the task and resolve the device once, and say which device this command measures."""
+    from batchsage.device import resolve_device
+    from batchsage.task import load_task
+
+    loaded = load_task(task_spec)
+    resolved = resolve_device(device)
+    console.print(f"[bold]batchsage {command}[/] {loaded.name} on {resolved}", highlight=False)
+    return loaded, resolved
+
+
 def reports_errors(func: F) -> F:
     """Turn BatchsageError into one line on stderr and exit 2; Ctrl-C into exit 130."""
 
@@ -57,36 +70,6 @@ def reports_errors(func: F) -> F:
             raise typer.Exit(130) from None
 
     return wrapper  # type: ignore[return-value]
-
-
-def write_json(path: Path | None, document: dict[str, Any]) -> None:
-    """Write ``document`` atomically (temp file + rename), so an interrupt never leaves half a file."""
-    if path is None:
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    text = json.dumps(_finite(document), indent=2, default=_json_default, allow_nan=False)
-    tmp.write_text(text + "\n")
-    tmp.replace(path)
-
-
-def _json_default(value: Any) -> Any:
-    if hasattr(value, "item"):
-        return value.item()
-    if hasattr(value, "tolist"):
-        return value.tolist()
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
-
-
-def _finite(value: Any) -> Any:
-    """NaN and inf become null: JSON has no such numbers."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {key: _finite(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return [_finite(item) for item in value]
-    return value
 
 
 def fmt(value: Any, spec: str = "") -> str:

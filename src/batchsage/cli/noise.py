@@ -8,8 +8,10 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from batchsage.cli._app import TASK_HELP, app, console, fmt, reports_errors, write_json
+from batchsage.cli._app import TASK_HELP, app, console, fmt, reports_errors, start_command
+from batchsage.device import DEVICE_HELP
 from batchsage.errors import ConfigError
+from batchsage.jsonio import write_json
 
 
 @app.command("noise")
@@ -30,12 +32,11 @@ def noise_command(
     at_init: bool = typer.Option(False, "--at-init", help="never step: measure every batch at the "
                                  "initial weights"),
     seed: int | None = typer.Option(None, "--seed", help="default: the task's seed"),
-    device: str = typer.Option("cpu", "--device", help="cpu, cuda or mps"),
+    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
     json_path: Path | None = typer.Option(None, "--json", help="write the report as JSON here"),
 ) -> None:
     """Measure the simple noise scale B_simple = tr(Σ)/|G|² while training STEPS steps at B."""
     from batchsage.noise import METHODS, VARIANTS, measure_noise
-    from batchsage.task import load_task
 
     if method not in METHODS:
         raise ConfigError(f"--method must be one of {', '.join(METHODS)}, got {method!r}")
@@ -43,11 +44,11 @@ def noise_command(
         raise ConfigError(f"--variant must be one of {', '.join(VARIANTS)}, got {variant!r}")
     if every < 0:
         raise ConfigError(f"--every must be 0 (adaptive) or a positive integer, got {every}")
-    loaded = load_task(task)
+    loaded, dev = start_command("noise", task, device)
     report = measure_noise(
         loaded, batch_size, steps, method,  # type: ignore[arg-type]
         micro_batches=micro_batches, every=every or None, overhead_budget=overhead_budget,
-        variant=variant, lr=lr, at_initial_point=at_init, device=device,  # type: ignore[arg-type]
+        variant=variant, lr=lr, at_initial_point=at_init, device=dev,  # type: ignore[arg-type]
         seed=seed, progress=True,
     )
     document = report.to_dict()

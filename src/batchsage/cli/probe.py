@@ -7,15 +7,25 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from batchsage.cli._app import TASK_HELP, app, console, err_console, fmt, reports_errors, write_json
+from batchsage.cli._app import (
+    TASK_HELP,
+    app,
+    console,
+    err_console,
+    fmt,
+    reports_errors,
+    start_command,
+)
+from batchsage.device import DEVICE_HELP
 from batchsage.errors import ConfigError
+from batchsage.jsonio import write_json
 
 
 @app.command("probe")
 @reports_errors
 def probe_command(
     task: str = typer.Option(..., "--task", help=TASK_HELP),
-    device: str = typer.Option("cpu", "--device", help="cpu, cuda or mps"),
+    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
     memory_budget: str | None = typer.Option(
         None, "--memory-budget",
         help="memory a training step may use, e.g. 2GiB or 800MiB (CPU: peak resident memory of the "
@@ -27,15 +37,14 @@ def probe_command(
 ) -> None:
     """Measure how much memory a step needs per batch size, the largest batch that fits, and samples/s."""
     from batchsage.probe import probe
-    from batchsage.task import load_task
     from batchsage.units import parse_size
 
     budget_bytes = parse_size(memory_budget) if memory_budget is not None else None
     if time_budget <= 0:
         raise ConfigError(f"--time-budget must be positive, got {time_budget:g}")
-    loaded = load_task(task)
+    loaded, dev = start_command("probe", task, device)
     result = probe(
-        loaded, device=device, memory_budget_bytes=budget_bytes, time_budget_seconds=time_budget,
+        loaded, device=dev, memory_budget_bytes=budget_bytes, time_budget_seconds=time_budget,
         max_batch_size_limit=max_batch_size, progress=True, console=err_console,
     )
     _print_result(result)

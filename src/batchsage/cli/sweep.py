@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from batchsage.cli._app import TASK_HELP, app, console, fmt, reports_errors
+from batchsage.device import DEVICE_HELP
 from batchsage.errors import ConfigError
 
 
@@ -54,7 +55,7 @@ def sweep(
     max_batch_size: int | None = typer.Option(
         None, "--max-batch-size", help="ceiling for the default grid and the doubling"
     ),
-    device: str = typer.Option("cpu", "--device", help="cpu, cuda or mps"),
+    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
     out: Path = typer.Option(Path("batchsage-out"), "--out", help="directory for sweep.json and pareto.png"),
 ) -> None:
     """Train batch sizes × learning rates × seeds to target; report the fastest and what was saved."""

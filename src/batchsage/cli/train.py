@@ -9,8 +9,10 @@ from typing import Any
 import typer
 from rich.table import Table
 
-from batchsage.cli._app import TASK_HELP, app, console, fmt, reports_errors, write_json
+from batchsage.cli._app import TASK_HELP, app, console, fmt, reports_errors, start_command
+from batchsage.device import DEVICE_HELP
 from batchsage.errors import BatchsageError
+from batchsage.jsonio import write_json
 
 
 @app.command()
@@ -68,7 +70,7 @@ def train_command(
     accumulation: int = typer.Option(1, "--accumulation", help="micro-batches per step"),
     warmup_steps: int = typer.Option(0, "--warmup-steps", help="linear warmup steps"),
     seed: int | None = typer.Option(None, "--seed", help="default: the task's seed"),
-    device: str = typer.Option("cpu", "--device", help="cpu, cuda or mps"),
+    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
     json_path: Path | None = typer.Option(None, "--json", help="write the result as JSON here"),
     adaptive: bool = typer.Option(False, "--adaptive", help="grow the batch as the noise scale grows"),
     max_batch_size: int | None = typer.Option(
@@ -77,19 +79,18 @@ def train_command(
 ) -> None:
     """Train one (batch size, lr) to the task's target and report time to target."""
     from batchsage.engine import train, validate_run_args
-    from batchsage.task import load_task
 
-    loaded = load_task(task)
+    loaded, dev = start_command("train", task, device)
     validate_run_args(loaded, batch_size, lr, accumulation, warmup_steps)
     controller = None
     if adaptive:
         from batchsage.adaptive import controller_for_run
 
-        controller = controller_for_run(loaded, batch_size, lr, accumulation, max_batch_size, device)
+        controller = controller_for_run(loaded, batch_size, lr, accumulation, max_batch_size, dev)
     with console.status(f"training {loaded.name} at B={batch_size}, lr={lr:g}"):
         result = train(
             loaded, batch_size, lr, accumulation_steps=accumulation, warmup_steps=warmup_steps,
-            seed=seed, device=device, hooks=[controller] if controller else [],
+            seed=seed, device=dev, hooks=[controller] if controller else [],
         )
     document = {
         key: value
@@ -107,7 +108,7 @@ def train_command(
 TRAIN_JSON_KEYS = (
     "task", "batch_size", "lr", "seed", "reached_target", "steps_to_target", "samples_to_target",
     "seconds_to_target", "step_seconds_median", "final_metric", "diverged", "accumulation_steps",
-    "warmup_steps", "steps", "samples", "train_seconds", "stop_reason",
+    "warmup_steps", "steps", "samples", "train_seconds", "stop_reason", "device",
 )
 
 

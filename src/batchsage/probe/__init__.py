@@ -73,7 +73,7 @@ def probe(
 
     Args:
         task: a Task, a built-in name, or ``path/to/file.py:ATTR``.
-        device: "cpu", "cuda", "mps" or a Device.
+        device: "auto" (cuda, then mps, then cpu), "cpu", "cuda", "mps" or a Device.
         memory_budget_bytes: see :func:`~batchsage.probe.memory.probe_memory` (default: free memory
             minus a margin).
         time_budget_seconds: wall-clock budget of the throughput probe.

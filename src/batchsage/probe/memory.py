@@ -762,7 +762,7 @@ def probe_memory(
 
     Args:
         task: the training problem (its model, optimiser and data are used; nothing is kept).
-        device: "cpu", "cuda", "mps" or a Device.
+        device: "auto" (cuda, then mps, then cpu), "cpu", "cuda", "mps" or a Device.
         budget_bytes: memory a training step may use (on CPU: peak resident memory of the
             training process). Default: what this process holds now plus the available memory,
             less ``DEFAULT_MARGIN_FRACTION`` of the available memory.

@@ -26,6 +26,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from batchsage import plan
 from batchsage.device import Device, resolve_device
 from batchsage.engine import Run
 from batchsage.errors import ConfigError
@@ -83,36 +84,15 @@ class ThroughputCurve:
     seconds: float = 0.0
 
     def step_seconds(self, batch_size: float) -> float:
-        """t(B): log-log interpolation between measured points.
-
-        Beyond the largest point: linear in B with the last two points' slope (the hardware is
-        full there, each extra sample costs about the same); a slope that noise made ≤ 0 is
-        replaced by constant throughput. Below the smallest: the first two points' log-log slope,
-        clamped to [0, 1] (a smaller batch is never slower, nor faster than proportionally).
-        """
+        """t(B): the planner's one step-time model over these points (:func:`plan.step_time_model`),
+        so the recommender, ``fit`` and the adaptive controller price a batch the same way."""
         if batch_size <= 0:
             raise ConfigError(f"batch size must be positive, got {batch_size}")
-        sizes = [p.batch_size for p in self.points]
-        times = [p.step_seconds_median for p in self.points]
-        if not sizes:
+        if not self.points:
             raise ConfigError("the throughput curve has no measured points")
-        if len(sizes) == 1:
-            return times[0] * max(batch_size / sizes[0], 1.0) if batch_size > sizes[0] else times[0]
-        if batch_size > sizes[-1]:
-            slope = (times[-1] - times[-2]) / (sizes[-1] - sizes[-2])
-            if slope <= 0:
-                slope = times[-1] / sizes[-1]
-            return times[-1] + slope * (batch_size - sizes[-1])
-        if batch_size < sizes[0]:
-            exponent = math.log(times[1] / times[0]) / math.log(sizes[1] / sizes[0])
-            exponent = min(max(exponent, 0.0), 1.0)
-            return times[0] * (batch_size / sizes[0]) ** exponent
-        for index in range(len(sizes) - 1):
-            (b0, t0), (b1, t1) = (sizes[index], times[index]), (sizes[index + 1], times[index + 1])
-            if b0 <= batch_size <= b1:
-                weight = math.log(batch_size / b0) / math.log(b1 / b0)
-                return math.exp(math.log(t0) + weight * (math.log(t1) - math.log(t0)))
-        raise AssertionError("unreachable: batch_size within the measured range")
+        model = plan.step_time_model([p.batch_size for p in self.points],
+                                     [p.step_seconds_median for p in self.points])
+        return model(batch_size)
 
     def samples_per_second(self, batch_size: float) -> float:
         return batch_size / self.step_seconds(batch_size)
@@ -159,7 +139,7 @@ def probe_throughput(
 
     Args:
         task: the training problem (a fresh model is built; nothing of the caller's is touched).
-        device: "cpu", "cuda", "mps" or a Device.
+        device: "auto" (cuda, then mps, then cpu), "cpu", "cuda", "mps" or a Device.
         max_batch_size: largest batch size to time (default: the number of training samples);
             usually the memory ceiling.
         time_budget_seconds: wall-clock budget for the whole probe; larger sizes are skipped and

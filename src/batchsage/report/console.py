@@ -1,4 +1,7 @@
-"""The recommendation on a terminal: candidates table, explanation, the answer in one bold line.
+"""The recommendation on a terminal: the answer in one bold line, then at most five "why" lines.
+
+The candidates table (``candidates_table``) and the full explanation are for ``--details`` and the
+HTML report.
 
 Everything works from the document dict (``Recommendation.to_dict()`` or a saved
 ``recommendation.json``), where any number may be missing (``None``) or non-finite: such a value
@@ -146,16 +149,22 @@ def candidates_table(document: Mapping[str, Any]) -> Table:
     return table
 
 
-def print_recommendation(document: Mapping[str, Any], console: Console) -> None:
-    """Candidates table, then the explanation paragraph, then the answer in one bold line."""
+def print_recommendation(document: Mapping[str, Any], console: Console, *, details: bool = False) -> None:
+    """The answer first, then the "why" lines; with ``details`` the candidates and the explanation."""
+    console.print(Text(answer_line(document), style="bold"))
+    interval = (document.get("recommended") or {}).get("predicted_interval")
+    if interval and all(finite(bound) is not None for bound in interval):
+        basis = (document.get("recommended") or {}).get("interval_basis") or ""
+        console.print(Text(f"  predicted time to target: {fmt_seconds(interval[0])} – "
+                           f"{fmt_seconds(interval[1])}" + (f" ({basis})" if basis else "")))
+    for line in (document.get("why") or [])[:5]:
+        console.print(Text(f"  • {line}"))
+    if not details:
+        return
+    console.print()
     if document.get("candidates"):
         console.print(candidates_table(document))
-    else:
-        console.print("No candidate batch sizes were evaluated.")
     explanation = document.get("explanation")
     if explanation:
-        console.print()
         # Text, not markup: the explanation may contain brackets that Rich would parse.
         console.print(Text(str(explanation)))
-    console.print()
-    console.print(Text(answer_line(document), style="bold"))

@@ -78,7 +78,7 @@ def run_sweep(
     censor_factor: float | None = None,
     first: Sequence[tuple[int, float]] = (),
     anchor: tuple[int, float] | None = None,
-    device: str | Device = "cpu",
+    device: str | Device = "auto",
     max_batch_size: int | None = None,
     progress: bool = True,
     out_dir: Path | None = None,
@@ -392,7 +392,7 @@ class _Sweeper:
     def write(self, result: SweepResult, *, plot: bool) -> None:
         if self.out_dir is None:
             return
-        from batchsage.cli._app import write_json
+        from batchsage.jsonio import write_json
 
         self.written_at = time.perf_counter()
         document = result.to_dict()
