@@ -16,18 +16,23 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	# torch is pinned through the constraints file in the same command, so pip never pulls CUDA wheels.
-	$(PIP) install -q -c constraints.txt -e '.[dev]'
+	$(PIP) install -q -c constraints.txt -e '.[dev,postgres]'
 	touch $(STAMP)
 
 install: $(STAMP) data
 
-# Fashion-MNIST comes from Debian's dataset-fashion-mnist package (IDX files under $(FASHION_DIR)).
+# Debian packages, each installed only if missing (as root, or with sudo): Fashion-MNIST's IDX files
+# under $(FASHION_DIR) (dataset-fashion-mnist), and the PostgreSQL server binaries under
+# /usr/lib/postgresql/*/bin (postgresql) that the sweep tests start a throwaway server from.
 data:
-	@if [ ! -d $(FASHION_DIR) ]; then \
-		echo "Installing Debian package dataset-fashion-mnist"; \
+	@missing=""; \
+	[ -d $(FASHION_DIR) ] || missing="$$missing dataset-fashion-mnist"; \
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
+	if [ -n "$$missing" ]; then \
+		echo "Installing Debian package(s)$$missing"; \
 		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-		($$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq dataset-fashion-mnist) >/dev/null \
-		|| echo "warning: could not install dataset-fashion-mnist; fashion-* tasks will be unavailable"; \
+		($$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing) >/dev/null \
+		|| echo "warning: could not install$$missing; fashion-* tasks or the PostgreSQL tests will be unavailable"; \
 	fi
 
 demo: install
@@ -36,8 +41,11 @@ demo: install
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks
 
+# The PostgreSQL sweep tests must run here: a missing server fails them instead of skipping them
+# (make test REQUIRE_POSTGRES=0 lets them skip).
+REQUIRE_POSTGRES ?= 1
 test: install lint
-	$(PY) -m pytest -q
+	BATCHSAGE_REQUIRE_POSTGRES=$(REQUIRE_POSTGRES) $(PY) -m pytest -q
 
 clean:
 	rm -rf $(VENV) out .pytest_cache .ruff_cache

@@ -7,6 +7,9 @@ a step sleeps ``a + c·B`` seconds. So time to target is ``S(B)·t(B)`` with a k
 trials last as long as a test needs, whatever the machine's load does to real compute.
 
     python tests/sweep_worker.py sqlite:///x.db STUDY --batch-sizes 16,64 --seeds 1 --e-min 512
+
+``--host NAME`` makes the worker record NAME as its host, as a worker on a second machine would:
+the others then cannot see whether its process lives and must rely on its Optuna heartbeat.
 """
 
 from __future__ import annotations
@@ -118,7 +121,12 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--step-seconds", type=float, default=0.004)
     parser.add_argument("--no-prune", action="store_true")
     parser.add_argument("--first", type=int, default=None, help="run this B (at the rule's lr) first")
+    parser.add_argument("--host", default=None, help="the host name this worker records for its trials")
     args = parser.parse_args(argv)
+    if args.host is not None:
+        import socket
+
+        socket.gethostname = lambda: args.host  # what the sweep records as this worker's machine
     from batchsage.sweep import rule_lr, run_sweep
 
     task = make_clock_task(e_min=args.e_min, step_seconds=args.step_seconds)

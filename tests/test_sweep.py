@@ -1,6 +1,9 @@
 """``batchsage sweep``: grid and order, cutting trials, the doubling baseline, and the storage
 protocol (exactly once across resumes, SIGKILL, Ctrl-C and two processes).
 
+The storage-protocol tests run on SQLite and on a throwaway PostgreSQL server (``storage_url``;
+see tests/pg.py); PostgreSQL-only behaviour is in test_sweep_postgres.py.
+
 Most tests train the "clock" task of ``sweep_worker.py``, whose time to target is known in
 advance (steps sleep; progress follows E(B) = E_min·(1 + B/B_noise)), so they check orderings
 and decisions without depending on how fast this machine computes.
@@ -12,6 +15,7 @@ import json
 import math
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -54,6 +58,14 @@ runner = CliRunner()
 
 def _sqlite(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'sweep.db'}"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def storage_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh storage: a SQLite file, or a new database on the session's PostgreSQL server."""
+    if request.param == "sqlite":
+        return _sqlite(tmp_path)
+    return str(request.getfixturevalue("postgres_url"))
 
 
 def _trials_by_key(url: str, study: str) -> dict[str, list[optuna.trial.FrozenTrial]]:
@@ -285,24 +297,53 @@ def test_doubling_procedure_on_a_task() -> None:
 # -- the storage: errors, resume, interrupt, kill, two processes ----------------------------------
 
 
-@pytest.mark.parametrize("url", ["sqlite:////nonexistent/dir/x.db", "not a url", "sqlite:///" + os.sep])
-def test_storage_that_cannot_be_opened_is_a_one_line_error(url: str) -> None:
+def _closed_port() -> int:
+    with socket.socket() as sock:  # bound, then closed: nothing listens there
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+#: Storage URLs that cannot be opened, and what the one-line error says about each.
+BAD_STORAGES = [
+    ("sqlite:////nonexistent/dir/x.db", "does not exist"),
+    ("not a url", "expected a URL"),
+    ("sqlite:///" + os.sep, "cannot open storage"),
+    # A PostgreSQL that is down (nothing listens on the port), with a password not to show.
+    (f"postgresql+psycopg://u:hunter2pw@127.0.0.1:{_closed_port()}/sweeps", "Connection refused"),
+    ("postgresql+psycopg://u:hunter2pw@db.example:notaport/sweeps", "not a database URL"),
+    ("nosuchdialect://host/sweeps", "nosuchdialect"),
+    ("postgresql+nosuchdriver://u@127.0.0.1/sweeps", "nosuchdriver"),
+]
+
+
+@pytest.mark.parametrize(("url", "says"), BAD_STORAGES)
+def test_storage_that_cannot_be_opened_is_a_one_line_error(url: str, says: str) -> None:
     with pytest.raises(StorageError) as info:
         run_sweep(make_clock_task(), batch_sizes=[16], storage=url, progress=False)
-    assert isinstance(info.value, BatchsageError) and "\n" not in str(info.value)
+    message = str(info.value)
+    assert isinstance(info.value, BatchsageError) and "\n" not in message
+    assert says in message and "hunter2pw" not in message
 
 
-def test_cli_storage_error_is_one_line_with_exit_2() -> None:
+@pytest.mark.parametrize(("url", "says"), BAD_STORAGES[:1] + BAD_STORAGES[3:])
+def test_cli_storage_error_is_one_line_with_exit_2(url: str, says: str) -> None:
     spec = f"{WORKER}:make_clock_task"
-    result = runner.invoke(app, ["sweep", "--task", spec, "--batch-sizes", "16",
-                                 "--storage", "sqlite:////nonexistent/dir/x.db"])
-    assert result.exit_code == 2
+    result = runner.invoke(app, ["sweep", "--task", spec, "--batch-sizes", "16", "--storage", url])
+    assert result.exit_code == 2, result.output
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: cannot open storage")
+    assert len(lines) == 1 and lines[0].startswith("error: cannot open storage"), result.stderr
+    assert says in lines[0] and "hunter2pw" not in result.stderr + result.stdout
 
 
-def test_rerun_reuses_finished_trials_and_refuses_another_task(tmp_path: Path) -> None:
-    url = _sqlite(tmp_path)
+def test_cli_heartbeat_must_be_a_positive_integer() -> None:
+    spec = f"{WORKER}:make_clock_task"
+    result = runner.invoke(app, ["sweep", "--task", spec, "--batch-sizes", "16", "--heartbeat-seconds", "0"])
+    assert result.exit_code == 2
+    assert result.stderr.strip() == "error: heartbeat_seconds must be a positive integer, got 0"
+
+
+def test_rerun_reuses_finished_trials_and_refuses_another_task(storage_url: str) -> None:
+    url = storage_url
     first = run_sweep(make_clock_task(), batch_sizes=[16, 64], lr_multipliers=(1,), storage=url,
                       study_name="s", progress=False)
     again = run_sweep(make_clock_task(), batch_sizes=[16, 64], lr_multipliers=(1,), storage=url,
@@ -315,8 +356,8 @@ def test_rerun_reuses_finished_trials_and_refuses_another_task(tmp_path: Path) -
                   progress=False)
 
 
-def test_ctrl_c_leaves_the_storage_consistent_and_the_rerun_completes(tmp_path: Path) -> None:
-    url = _sqlite(tmp_path)
+def test_ctrl_c_leaves_the_storage_consistent_and_the_rerun_completes(storage_url: str) -> None:
+    url = storage_url
     calls = {"n": 0}
     base = make_clock_task()
 
@@ -338,10 +379,10 @@ def test_ctrl_c_leaves_the_storage_consistent_and_the_rerun_completes(tmp_path: 
     assert all(len(_finished(group)) == 1 for group in _trials_by_key(url, "s").values())
 
 
-def test_stale_trials_of_silent_processes_are_failed_and_rerun(tmp_path: Path) -> None:
+def test_stale_trials_of_silent_processes_are_failed_and_rerun(storage_url: str) -> None:
     """The heartbeat path: RUNNING trials whose process (on another host) stopped beating, or
     died while claiming, before it wrote who runs the trial."""
-    url = _sqlite(tmp_path)
+    url = storage_url
     keys = [TrialKey(16, 0.1, 0), TrialKey(32, 0.2, 0)]
     elsewhere = SweepStore(url, "s", heartbeat_seconds=1, grace_seconds=2)
     beating = elsewhere.claim(keys).claim

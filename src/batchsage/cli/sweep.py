@@ -1,7 +1,8 @@
 """``batchsage sweep``: train a grid of batch sizes × learning rates × seeds to target, cheaply.
 
-State lives in an Optuna storage (``--storage sqlite:///sweep.db``): rerunning the same command
-resumes, and several processes started with the same storage and study share the trials.
+State lives in an Optuna storage (``--storage sqlite:///sweep.db``, or a PostgreSQL URL for
+workers on several machines): rerunning the same command resumes, and several processes started
+with the same storage and study share the trials.
 """
 
 from __future__ import annotations
@@ -39,7 +40,9 @@ def sweep(
         "while time to target improves)"
     ),
     storage: str | None = typer.Option(
-        None, "--storage", help="Optuna storage URL, e.g. sqlite:///sweep.db (default: in memory)"
+        None, "--storage", help="Optuna storage URL, e.g. sqlite:///sweep.db, or "
+        "postgresql+psycopg://user:password@host/database for workers on several machines "
+        "(default: in memory)"
     ),
     study: str | None = typer.Option(None, "--study", help="study name (default: from task and procedure)"),
     around_recommendation: bool = typer.Option(
@@ -54,6 +57,10 @@ def sweep(
     ),
     max_batch_size: int | None = typer.Option(
         None, "--max-batch-size", help="ceiling for the default grid and the doubling"
+    ),
+    heartbeat_seconds: int = typer.Option(
+        5, "--heartbeat-seconds", help="Optuna heartbeat interval of a running trial; a trial silent "
+        "for 4× this (its worker killed) is failed and rerun by another worker"
     ),
     device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
     out: Path = typer.Option(Path("batchsage-out"), "--out", help="directory for sweep.json and pareto.png"),
@@ -86,6 +93,7 @@ def sweep(
         storage=storage, study_name=study, procedure=procedure,  # type: ignore[arg-type]
         prune=prune, censor_factor=censor_factor, first=first, anchor=anchor, device=device,
         max_batch_size=max_batch_size, progress=True, out_dir=out, console=console,
+        heartbeat_seconds=heartbeat_seconds,
     )
     document = result.to_dict()
     print_sweep(document, console)

@@ -49,7 +49,14 @@ from batchsage.sweep._result import (
     best_config,
     saved_compute,
 )
-from batchsage.sweep._store import FINISHED_STATES, Claim, SweepStore, display_url, result_of
+from batchsage.sweep._store import (
+    FINISHED_STATES,
+    Claim,
+    SweepStore,
+    display_url,
+    result_of,
+    storage_failures,
+)
 from batchsage.task import Task, load_task
 
 Procedure = Literal["grid", "doubling"]
@@ -110,38 +117,40 @@ def run_sweep(
     _check_options(procedure, censor_factor, heartbeat_seconds)
     dev = resolve_device(device)
     name = study_name or f"batchsage-{loaded.name}-{procedure}"
-    store = SweepStore(storage, name, heartbeat_seconds=heartbeat_seconds)
-    store.check_identity(_identity(loaded))
-    ceiling: dict[str, Any] = {}
-    if batch_sizes is None or procedure == "doubling":
-        ceiling = _ceiling(loaded, dev, max_batch_size)
-    sweeper = _Sweeper(loaded, store, dev, prune=prune and procedure == "grid",
-                       censor_factor=censor_factor if procedure == "grid" else None,
-                       view=_View(console, progress), out_dir=out_dir, started=started,
-                       procedure=procedure, ceiling=ceiling)
-    try:
-        with sweeper.view:
-            if procedure == "doubling":
-                start = DOUBLING_START if loaded.num_train_samples >= DOUBLING_START else min(
-                    loaded.base_batch_size, loaded.num_train_samples)
-                keys, doubling = sweeper.run_doubling(start, ceiling["max_batch_size"],
-                                                      seed_list(loaded, seeds))
-            else:
-                sizes = list(batch_sizes) if batch_sizes is not None else default_batch_sizes(
-                    ceiling["max_batch_size"])
-                keys = grid_trials(loaded, sizes, lrs=lrs, lr_multipliers=lr_multipliers, seeds=seeds,
-                                   first=first, anchor=anchor)
-                doubling = None
-                first_configs = {(int(b), float(lr)) for b, lr in first}
-                pinned = sum(key.config in first_configs for key in keys)  # they lead the list
-                sweeper.run_keys(keys, reorder=sweeper.nearest_first_order(pinned, anchor))
-    except BaseException:  # Ctrl-C or a failed trial: leave sweep.json with what is finished
-        with contextlib.suppress(Exception):
-            sweeper.write(sweeper.result(sweeper.all_keys, None), plot=False)
-        raise
-    result = sweeper.result(keys, doubling)
-    sweeper.write(result, plot=True)
-    return result
+    # A database error anywhere below (server down, connection lost) is one StorageError line.
+    with storage_failures(storage):
+        store = SweepStore(storage, name, heartbeat_seconds=heartbeat_seconds)
+        store.check_identity(_identity(loaded))
+        ceiling: dict[str, Any] = {}
+        if batch_sizes is None or procedure == "doubling":
+            ceiling = _ceiling(loaded, dev, max_batch_size)
+        sweeper = _Sweeper(loaded, store, dev, prune=prune and procedure == "grid",
+                           censor_factor=censor_factor if procedure == "grid" else None,
+                           view=_View(console, progress), out_dir=out_dir, started=started,
+                           procedure=procedure, ceiling=ceiling)
+        try:
+            with sweeper.view:
+                if procedure == "doubling":
+                    start = DOUBLING_START if loaded.num_train_samples >= DOUBLING_START else min(
+                        loaded.base_batch_size, loaded.num_train_samples)
+                    keys, doubling = sweeper.run_doubling(start, ceiling["max_batch_size"],
+                                                          seed_list(loaded, seeds))
+                else:
+                    sizes = list(batch_sizes) if batch_sizes is not None else default_batch_sizes(
+                        ceiling["max_batch_size"])
+                    keys = grid_trials(loaded, sizes, lrs=lrs, lr_multipliers=lr_multipliers, seeds=seeds,
+                                       first=first, anchor=anchor)
+                    doubling = None
+                    first_configs = {(int(b), float(lr)) for b, lr in first}
+                    pinned = sum(key.config in first_configs for key in keys)  # they lead the list
+                    sweeper.run_keys(keys, reorder=sweeper.nearest_first_order(pinned, anchor))
+        except BaseException:  # Ctrl-C or a failed trial: leave sweep.json with what is finished
+            with contextlib.suppress(Exception):
+                sweeper.write(sweeper.result(sweeper.all_keys, None), plot=False)
+            raise
+        result = sweeper.result(keys, doubling)
+        sweeper.write(result, plot=True)
+        return result
 
 
 def _check_options(procedure: str, censor_factor: float | None, heartbeat_seconds: int) -> None:

@@ -14,10 +14,17 @@ across resumes, crashes and several processes:
   next to the database file (one machine shares one SQLite file, so that lock is enough).
 - **Stale trials.** A running trial records Optuna heartbeats; a RUNNING trial whose heartbeat
   is older than the grace period is failed (Optuna's ``fail_stale_trials``) and its key rerun. A
-  trial whose process is known dead (same host, pid gone) is failed at once, without waiting; one
-  that never recorded its process (killed while claiming) once the grace period has passed.
+  trial whose process is known dead (same machine, pid gone) is failed at once, without waiting;
+  one that never recorded its process (killed while claiming) once the grace period has passed.
+  "Same machine" is the host name *and* the boot and pid namespace: two containers or cloned
+  machines sharing a host name cannot see each other's processes, so they wait for the heartbeat.
 - **Finish.** The result is written, then the state; if the trial was meanwhile declared stale
   (the process was only paused), the write is refused and the rerun's result is the one kept.
+- **Server databases.** Optuna creates its tables on a database's first use without guarding
+  against a second process doing the same at the same moment; on PostgreSQL that creation is
+  serialised by an advisory lock (on SQLite by the file lock). A storage error during the sweep
+  (server down, connection lost) ends it with one :class:`StorageError` line; the trial it was
+  running is failed by its missing heartbeat and rerun by whichever worker looks next.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import socket
 import threading
 import uuid
@@ -38,7 +46,7 @@ from typing import Any, NamedTuple
 import optuna
 import psutil
 from optuna.distributions import FloatDistribution, IntDistribution
-from optuna.exceptions import DuplicatedStudyError, UpdateFinishedTrialError
+from optuna.exceptions import DuplicatedStudyError, StorageInternalError, UpdateFinishedTrialError
 from optuna.storages import BaseStorage, InMemoryStorage, RDBStorage, fail_stale_trials
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState, create_trial
@@ -63,6 +71,11 @@ DISTRIBUTIONS = {
 #: Identity of the task a study belongs to: resuming with another task or target would mix
 #: incomparable times.
 IDENTITY_KEYS = ("task", "target", "higher_is_better", "max_samples", "metric")
+#: Seconds a worker waits for a PostgreSQL server to answer a new connection, unless the URL says
+#: otherwise (``?connect_timeout=N``): a host that drops packets fails in this time, not minutes.
+CONNECT_TIMEOUT_SECONDS = 10
+#: The PostgreSQL advisory lock (a bigint, "batchsag") held while Optuna creates its tables.
+_SCHEMA_LOCK_KEY = int.from_bytes(b"batchsag", "big")
 
 
 class StorageError(BatchsageError):
@@ -71,22 +84,24 @@ class StorageError(BatchsageError):
 
 @dataclass(frozen=True)
 class Worker:
-    """The process running a trial, so a rerun on the same host can tell it is dead."""
+    """The process running a trial, so a rerun on the same machine can tell it is dead."""
 
     host: str
     pid: int
     started: float
+    #: Boot id and pid namespace ("" when unknown, as in trials stored before it was recorded).
+    machine: str = ""
 
     @classmethod
     def current(cls) -> Worker:
-        return cls(socket.gethostname(), os.getpid(), psutil.Process().create_time())
+        return cls(socket.gethostname(), os.getpid(), psutil.Process().create_time(), machine_id())
 
     def as_dict(self) -> dict[str, Any]:
-        return {"host": self.host, "pid": self.pid, "started": self.started}
+        return {"host": self.host, "pid": self.pid, "started": self.started, "machine": self.machine}
 
     def is_dead(self) -> bool:
-        """True only when this host can see the process is gone (another host: unknown)."""
-        if self.host != socket.gethostname():
+        """True only when this machine can see the process is gone (another machine: unknown)."""
+        if self.host != socket.gethostname() or (self.machine and self.machine != machine_id()):
             return False
         try:
             return abs(psutil.Process(self.pid).create_time() - self.started) > 1e-3
@@ -94,6 +109,17 @@ class Worker:
             return True
         except psutil.Error:
             return False
+
+
+def machine_id() -> str:
+    """What tells this machine's processes from those of another with the same host name (cloned
+    machines, containers): the boot id and the pid namespace, where the system has them (Linux)."""
+    parts = []
+    with contextlib.suppress(OSError):
+        parts.append(Path("/proc/sys/kernel/random/boot_id").read_text().strip())
+    with contextlib.suppress(OSError):
+        parts.append(os.readlink("/proc/self/ns/pid"))
+    return " ".join(parts)
 
 
 @dataclass(frozen=True)
@@ -334,25 +360,88 @@ def open_storage(url: str | None, heartbeat_seconds: int, grace_seconds: int) ->
     if url is None:
         return InMemoryStorage()
     if not isinstance(url, str) or "://" not in url:
-        raise StorageError(f"cannot open storage {url!r}: expected a URL such as sqlite:///sweep.db")
+        raise StorageError(f"cannot open storage {url!r}: expected a URL such as sqlite:///sweep.db "
+                           "or postgresql+psycopg://user:password@host/database")
+    shown = display_url(url)
+    try:
+        from sqlalchemy.engine import make_url
+
+        backend = make_url(url).get_backend_name()
+    except Exception as exc:
+        raise StorageError(f"cannot open storage {shown}: not a database URL "
+                           f"({_one_line(exc, url)})") from None
     engine_kwargs: dict[str, Any] = {}
-    if url.startswith("sqlite"):
+    if backend == "sqlite":
         # Several processes write one file: wait for the lock instead of failing at once.
         engine_kwargs["connect_args"] = {"timeout": 60}
         path = _sqlite_path(url)
         if path is not None and not path.parent.is_dir():
             raise StorageError(f"cannot open storage {url}: directory {path.parent} does not exist")
+    elif backend == "postgresql":
+        if "connect_timeout" not in make_url(url).query:
+            engine_kwargs["connect_args"] = {"connect_timeout": CONNECT_TIMEOUT_SECONDS}
+        # Connections sit idle while a trial trains; check each before use (a restarted server,
+        # a firewall dropping idle connections) instead of failing the sweep on a dead one.
+        engine_kwargs["pool_pre_ping"] = True
     try:
-        # Creating the tables of a new SQLite file is not safe against a second process doing the
-        # same at the same moment ("table studies already exists"): take the claim lock for it.
-        with _file_lock(_sqlite_lock_path(url)), _quiet_optuna():
+        # Creating the tables of a new database is not safe against a second process doing the
+        # same at the same moment ("table studies already exists", a duplicate key in pg_type).
+        with _schema_lock(url, backend, engine_kwargs), _quiet_optuna():
             storage = RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat_seconds,
                                  grace_period=grace_seconds)
             if _sqlite_path(url) is not None:
                 _use_write_ahead_log(storage)
-    except Exception as exc:  # malformed URL, missing driver, unreachable server, not a database
-        raise StorageError(f"cannot open storage {display_url(url)}: {_one_line(exc)}") from exc
+    except ImportError as exc:  # the dialect's driver (Optuna's message does not name it)
+        cause = exc.__cause__ or exc
+        hint = ""
+        if backend == "postgresql":
+            hint = (" (pip install 'batchsage[postgres]')" if make_url(url).get_driver_name() == "psycopg"
+                    else " (batchsage[postgres] installs psycopg 3: use postgresql+psycopg://…)")
+        raise StorageError(f"cannot open storage {shown}: no database driver: "
+                           f"{_one_line(cause, url)}{hint}") from exc
+    except Exception as exc:  # unknown dialect, unreachable server, bad password, not a database
+        raise StorageError(f"cannot open storage {shown}: {_one_line(exc, url)}") from exc
     return storage
+
+
+@contextlib.contextmanager
+def storage_failures(url: str | None) -> Iterator[None]:
+    """Turn a database error in the middle of a sweep (server down, connection lost) into one
+    :class:`StorageError` line."""
+    import sqlalchemy.exc
+
+    try:
+        yield
+    except (sqlalchemy.exc.SQLAlchemyError, StorageInternalError) as exc:
+        raise StorageError(f"storage {display_url(url)} failed during the sweep: "
+                           f"{_one_line(exc, url)}") from exc
+
+
+@contextlib.contextmanager
+def _schema_lock(url: str, backend: str, engine_kwargs: dict[str, Any]) -> Iterator[None]:
+    """Hold a lock that serialises Optuna's table creation: the file lock next to a SQLite
+    database, a session advisory lock on PostgreSQL (released when its connection closes, so a
+    worker killed while holding it does not block the others)."""
+    if backend != "postgresql":
+        with _file_lock(_sqlite_lock_path(url)):
+            yield
+        return
+    import sqlalchemy
+    from sqlalchemy.pool import NullPool
+
+    engine = sqlalchemy.create_engine(url, poolclass=NullPool,
+                                      connect_args=engine_kwargs.get("connect_args", {}))
+    try:
+        with engine.connect() as connection:
+            connection.execute(sqlalchemy.text("SELECT pg_advisory_lock(:key)"), {"key": _SCHEMA_LOCK_KEY})
+            try:
+                yield
+            finally:
+                with contextlib.suppress(Exception):
+                    connection.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:key)"),
+                                       {"key": _SCHEMA_LOCK_KEY})
+    finally:
+        engine.dispose()
 
 
 def _use_write_ahead_log(storage: RDBStorage) -> None:
@@ -409,8 +498,8 @@ def display_url(url: str | None) -> str:
         from sqlalchemy.engine import make_url
 
         return make_url(url).render_as_string(hide_password=True)
-    except Exception:
-        return url.split("@")[-1] if "@" in url else url
+    except Exception:  # not parsable: mask whatever stands between "user:" and the last "@"
+        return re.sub(r"(://[^:/@]*:)[^/]*@", r"\1***@", url)
 
 
 def _sqlite_path(url: str | None) -> Path | None:
@@ -432,11 +521,35 @@ def _sqlite_lock_path(url: str | None) -> Path | None:
     return None if path is None else path.with_name(path.name + ".lock")
 
 
-def _one_line(exc: BaseException) -> str:
-    """The first line of an exception's message (SQLAlchemy's run over several)."""
+def _one_line(exc: BaseException, url: str | None = None) -> str:
+    """The first line of an exception's message (SQLAlchemy's run over several), without the
+    URL's password should the message quote the URL."""
     cause: BaseException = exc
-    # Optuna and SQLAlchemy wrap the driver's error; its message names the real problem.
-    while getattr(cause, "orig", None) is not None:
-        cause = cause.orig  # type: ignore[attr-defined]
+    # Optuna and SQLAlchemy wrap the driver's error; its message names the real problem (Optuna's
+    # StorageInternalError says "…typically happens due to invalid data", whatever happened).
+    while True:
+        if getattr(cause, "orig", None) is not None:
+            cause = cause.orig  # type: ignore[attr-defined]
+        elif isinstance(cause, StorageInternalError) and cause.__cause__ is not None:
+            cause = cause.__cause__
+        else:
+            break
     text = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
+    if url:
+        text = text.replace(url, display_url(url))
+        password = _password(url)
+        if password:
+            text = text.replace(f":{password}@", ":***@")
     return text[:300]
+
+
+def _password(url: str | None) -> str | None:
+    if not url:
+        return None
+    try:
+        from sqlalchemy.engine import make_url
+
+        return make_url(url).password  # type: ignore[return-value]
+    except Exception:
+        match = re.search(r"://[^:/@]*:([^/]*)@", url)
+        return match.group(1) if match else None
