@@ -106,6 +106,24 @@ def extrapolate_steps_to_target(
     return Extrapolation(float(math.exp(min(log_steps, 50.0))), extrapolated=True, reachable=True)
 
 
+def residual_std(x: Sequence[float], y: Sequence[float]) -> float:
+    """Standard deviation of ``y`` around its straight-line trend in log(x) (0 with < 3 points).
+
+    A validation curve bends slowly in log-steps, so over a few recent points this is the noise
+    of the validations (sampling and run-to-run wobble) rather than their progress.
+    """
+    points = [(a, b) for a, b in zip(x, y, strict=True) if a > 0 and math.isfinite(b)]
+    if len(points) < 3:
+        return 0.0
+    logs = np.log([a for a, _ in points])
+    values = np.array([b for _, b in points])
+    if np.ptp(logs) == 0:
+        return float(np.std(values, ddof=1))
+    slope, intercept = np.polyfit(logs, values, 1)
+    residuals = values - (intercept + slope * logs)
+    return float(math.sqrt(float(np.sum(residuals**2)) / (len(points) - 2)))
+
+
 @dataclass(frozen=True)
 class PowerLaw:
     """value(s) = scale · s^exponent."""

@@ -22,6 +22,7 @@ def main() -> None:
 # Command modules: importing one registers its commands on ``app``.
 from batchsage.cli import train as _train  # noqa: E402,F401
 from batchsage.cli import recommend as _recommend  # noqa: E402,F401
+from batchsage.cli import fit as _fit  # noqa: E402,F401
 from batchsage.cli import sweep as _sweep  # noqa: E402,F401
 from batchsage.cli import noise as _noise  # noqa: E402,F401
 from batchsage.cli import probe as _probe  # noqa: E402,F401

@@ -215,8 +215,8 @@ class Run:
         self.reached_at: EvalPoint | None = None
         self.diverged = False
         self.eval_seconds = 0.0
-        #: (batch size, seconds) of every step, in order.
-        self.step_log: list[tuple[int, float]] = []
+        #: (batch size, seconds, mean loss) of every step, in order.
+        self.step_log: list[tuple[int, float, float]] = []
         self._active = 0
         self._stop_reason: str | None = None
         #: Never step the optimiser: every step measures at the same weights (noise at one point).
@@ -278,7 +278,7 @@ class Run:
             state.samples += state.batch_size
             state.train_seconds += seconds
             state.last_loss = loss
-            self.step_log.append((state.batch_size, seconds))
+            self.step_log.append((state.batch_size, seconds, loss))
             if not math.isfinite(loss):
                 self.diverged = True
                 return loss
@@ -420,7 +420,7 @@ class Run:
         if (not self.history or self.history[-1].step != self.state.step) and not self.diverged:
             self.validate()
         reached = self.reached_at
-        times = [seconds for _, seconds in self.step_log]
+        times = [entry[1] for entry in self.step_log]
         return TrainResult(
             task=self.task.name,
             batch_size=self.state.batch_size,
@@ -445,7 +445,7 @@ class Run:
 
     def step_seconds_median(self, batch_size: int | None = None, last: int | None = None) -> float:
         """Median seconds of the run's steps (at ``batch_size`` only, the ``last`` ones only)."""
-        times = [s for b, s in self.step_log if batch_size is None or b == batch_size]
+        times = [s for b, s, _ in self.step_log if batch_size is None or b == batch_size]
         if last is not None:
             times = times[-last:]
         return statistics.median(times) if times else math.nan
@@ -500,7 +500,7 @@ class Run:
         self.reached_at = EvalPoint(**state["reached_at"]) if state["reached_at"] else None
         self.diverged = bool(state["diverged"])
         self.eval_seconds = float(state["eval_seconds"])
-        self.step_log = [(int(b), float(s)) for b, s in state["step_log"]]
+        self.step_log = [(int(b), float(s), float(loss)) for b, s, loss in state["step_log"]]
 
     def fork(self, hooks: Sequence[TrainingHook] = ()) -> Run:
         """An independent copy that continues exactly as this run would (same samples, same RNG).

@@ -9,6 +9,7 @@ Everything here works from the document dict (``Recommendation.to_dict()``), so 
 """
 
 from batchsage.report.console import print_recommendation
+from batchsage.report.fit_report import write_fit_report
 from batchsage.report.html import render_report, write_report
 
-__all__ = ["print_recommendation", "render_report", "write_report"]
+__all__ = ["print_recommendation", "render_report", "write_fit_report", "write_report"]
