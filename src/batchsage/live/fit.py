@@ -22,7 +22,7 @@ import signal
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -140,13 +140,17 @@ class FitResult:
     model_path: str | None = None
     checkpoint_path: str | None = None
     resumed: int = 0
+    #: The trained model (the live run's), in this process; not part of the JSON document.
+    model: Any = field(default=None, repr=False, compare=False)
 
     @property
     def end_to_end_seconds(self) -> float:
         return self.times.end_to_end_seconds
 
     def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
+        data = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "model"}
+        data = asdict(self.__class__(**data))  # nested dataclasses as dicts
+        data.pop("model", None)
         data["times"] = self.times.to_dict()
         data["schema_version"] = FIT_SCHEMA_VERSION
         data["metric"] = {"name": data.pop("metric_name"), "target": data.pop("target"),
@@ -520,7 +524,7 @@ class _Controller:
             noise=self.noise_log, options=asdict(self.options),
             model_path=str(self.out / MODEL_NAME) if self.out else None,
             checkpoint_path=str(self.out / CHECKPOINT_NAME) if self.out else None,
-            resumed=self.resumed,
+            resumed=self.resumed, model=live.model,
         )
 
     def _write(self, result: FitResult) -> None:
