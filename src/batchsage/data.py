@@ -13,6 +13,7 @@ been seen.
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import torch
@@ -51,6 +52,14 @@ class BatchStream:
 
     def next_batch(self, batch_size: int) -> Any:
         return gather(self.dataset, self.next_indices(batch_size), self._tensors)
+
+    def fork(self) -> BatchStream:
+        """A stream over the same data (shared, not copied) that continues exactly as this one."""
+        twin = copy.copy(self)
+        twin.generator = torch.Generator()
+        twin.generator.set_state(self.generator.get_state())
+        twin._order = self._order.clone()
+        return twin
 
     def state_dict(self) -> dict[str, Any]:
         """Where the stream is: the shuffling generator, the pending order and the position in it."""

@@ -65,6 +65,7 @@ class Task:
         eval_every_samples: validate roughly every this many training samples.
         lr_scaling: "linear" (SGD-like) or "sqrt" (Adam-like); None derives it from the optimiser.
         description: one line for ``batchsage tasks``.
+        source: set by :func:`load_task`: what another process loads to get the same task.
     """
 
     name: str
@@ -85,6 +86,9 @@ class Task:
     lr_scaling: Literal["linear", "sqrt"] | None = None
     description: str = ""
     extras: dict[str, Any] = field(default_factory=dict)
+    #: How the task was loaded (a built-in name or ``/abs/path/file.py:ATTR``), so another process
+    #: can load it too; None for a Task built in Python.
+    source: str | None = None
 
     @property
     def num_train_samples(self) -> int:
@@ -200,10 +204,14 @@ def load_task(spec: str | Task, *, check: bool = True) -> Task:
         task = spec
     elif ":" in spec or spec.endswith(".py"):
         task = _load_from_file(spec)
+        if task.source is None:
+            path, _, attr = spec.rpartition(":")
+            task.source = f"{Path(path).resolve()}:{attr}"
     else:
         from batchsage.tasks import build_builtin
 
         task = build_builtin(spec)
+        task.source = task.source or spec
     task.validate()
     if check:
         check_task_runs(task)

@@ -27,6 +27,8 @@ err_console = Console(stderr=True)
 F = TypeVar("F", bound=Callable[..., Any])
 
 TASK_HELP = "built-in task name (see `batchsage tasks`) or path/to/file.py:ATTR"
+MEMORY_MARGIN_HELP = ("fraction of the memory budget the ceiling keeps free (run-to-run differences of "
+                      "a peak, other buffers)")
 
 
 @app.callback()

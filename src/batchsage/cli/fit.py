@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from batchsage.cli._app import TASK_HELP, app, console, reports_errors, start_command
+from batchsage.cli._app import MEMORY_MARGIN_HELP, TASK_HELP, app, console, reports_errors, start_command
 from batchsage.device import DEVICE_HELP
 
 
@@ -25,6 +25,7 @@ def fit_command(
     memory_budget: str | None = typer.Option(
         None, "--memory-budget", help="e.g. 2GiB (default: free memory minus a safety margin)"
     ),
+    memory_margin: float = typer.Option(0.05, "--memory-margin", min=0.0, max=0.9, help=MEMORY_MARGIN_HELP),
     checkpoint_seconds: float = typer.Option(30.0, "--checkpoint-seconds", min=0.0,
                                              help="wall seconds between checkpoints"),
 ) -> None:
@@ -40,7 +41,8 @@ def fit_command(
     budget_bytes = parse_size(memory_budget) if memory_budget is not None else None
     loaded, dev = start_command("fit", task, device)
     result = fit(loaded, device=dev, seed=seed, out=out, resume=resume, max_seconds=max_seconds,
-                 memory_budget_bytes=budget_bytes, options=FitOptions(checkpoint_seconds=checkpoint_seconds),
+                 memory_budget_bytes=budget_bytes, memory_margin=memory_margin,
+                 options=FitOptions(checkpoint_seconds=checkpoint_seconds),
                  console=console)
     document = result.to_dict()
     report = write_fit_report(document, out)

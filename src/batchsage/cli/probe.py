@@ -8,6 +8,7 @@ import typer
 from rich.table import Table
 
 from batchsage.cli._app import (
+    MEMORY_MARGIN_HELP,
     TASK_HELP,
     app,
     console,
@@ -33,6 +34,7 @@ def probe_command(
     ),
     time_budget: float = typer.Option(20.0, "--time-budget", help="seconds for the throughput probe"),
     max_batch_size: int | None = typer.Option(None, "--max-batch-size", help="never probe beyond this"),
+    memory_margin: float = typer.Option(0.05, "--memory-margin", min=0.0, max=0.9, help=MEMORY_MARGIN_HELP),
     json_path: Path | None = typer.Option(None, "--json", help="write the result as JSON here"),
 ) -> None:
     """Measure how much memory a step needs per batch size, the largest batch that fits, and samples/s."""
@@ -45,7 +47,7 @@ def probe_command(
     loaded, dev = start_command("probe", task, device)
     result = probe(
         loaded, device=dev, memory_budget_bytes=budget_bytes, time_budget_seconds=time_budget,
-        max_batch_size_limit=max_batch_size, progress=True, console=err_console,
+        max_batch_size_limit=max_batch_size, memory_margin=memory_margin, progress=True, console=err_console,
     )
     _print_result(result)
     write_json(json_path, result.to_dict())
@@ -73,6 +75,13 @@ def _print_result(result: object) -> None:
         f"{memory.measurements} batch sizes, {memory.steps_used} real steps, {memory.seconds:.1f} s)",
         highlight=False,
     )
+    console.print(f"  margin: {memory.margin:.0%} of the budget kept free (steps held to "
+                  f"{format_bytes(memory.effective_budget_bytes or memory.budget_bytes)}); checked in a "
+                  f"{memory.checked_in}", highlight=False)
+    for check in memory.fresh_checks:
+        peak = format_bytes(check["peak_bytes"]) if check["peak_bytes"] else "out of memory"
+        console.print(f"  fresh training process at B={check['batch_size']}: peak {peak} "
+                      f"({'fits' if check['fits'] else 'over'})", highlight=False)
     for note in memory.notes:
         console.print(f"  note: {note}", highlight=False)
     curve = result.throughput

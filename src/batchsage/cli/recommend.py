@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from batchsage.cli._app import TASK_HELP, app, console, reports_errors, start_command
+from batchsage.cli._app import MEMORY_MARGIN_HELP, TASK_HELP, app, console, reports_errors, start_command
 from batchsage.device import DEVICE_HELP
 
 
@@ -18,6 +18,7 @@ def recommend(
     memory_budget: str | None = typer.Option(
         None, "--memory-budget", help="e.g. 2GiB, 800MiB (default: free memory minus a safety margin)"
     ),
+    memory_margin: float = typer.Option(0.05, "--memory-margin", min=0.0, max=0.9, help=MEMORY_MARGIN_HELP),
     budget_seconds: float = typer.Option(
         20.0, "--budget-seconds", help="sizes the probes, pilots and lr races (the first pilot gets 35 %); "
         "the whole decision takes longer (about 1-4x this on the built-in tasks)"
@@ -36,8 +37,8 @@ def recommend(
     budget_bytes = parse_size(memory_budget) if memory_budget is not None else None
     loaded, dev = start_command("recommend", task, device)
     result = run_recommend(
-        loaded, device=dev, memory_budget_bytes=budget_bytes, budget_seconds=budget_seconds,
-        console=console,
+        loaded, device=dev, memory_budget_bytes=budget_bytes, memory_margin=memory_margin,
+        budget_seconds=budget_seconds, console=console,
     )
     document = result.to_dict()
     result.save(out / "recommendation.json")

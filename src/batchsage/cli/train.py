@@ -76,6 +76,9 @@ def train_command(
     max_batch_size: int | None = typer.Option(
         None, "--max-batch-size", help="with --adaptive: memory ceiling of a micro-batch (default: probed)"
     ),
+    max_steps: int | None = typer.Option(None, "--max-steps", min=1,
+                                         help="stop after this many optimiser steps (the task's "
+                                         "sample budget applies too)"),
 ) -> None:
     """Train one (batch size, lr) to the task's target and report time to target."""
     from batchsage.engine import train, validate_run_args
@@ -91,6 +94,7 @@ def train_command(
         result = train(
             loaded, batch_size, lr, accumulation_steps=accumulation, warmup_steps=warmup_steps,
             seed=seed, device=dev, hooks=[controller] if controller else [],
+            max_steps=max_steps,
         )
     document = {
         key: value

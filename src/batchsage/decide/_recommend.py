@@ -48,6 +48,7 @@ from batchsage.decide.races import larger_pilots, lr_calibration, race_base_lr
 from batchsage.decide.recommendation import Recommendation
 from batchsage.device import resolve_device
 from batchsage.errors import ConfigError
+from batchsage.probe.memory import DEFAULT_SAFETY_MARGIN
 from batchsage.task import Task, load_task
 
 
@@ -76,6 +77,7 @@ def recommend(
     *,
     device: str | None = "auto",
     memory_budget_bytes: int | None = None,
+    memory_margin: float = DEFAULT_SAFETY_MARGIN,
     budget_seconds: float = 20.0,
     tolerance: float = 0.03,
     min_batch_size: int = 8,
@@ -88,6 +90,7 @@ def recommend(
         task: a Task, a built-in name, or ``path/to/file.py:ATTR``.
         device: "auto" (cuda, then mps, then cpu), "cpu", "cuda" or "mps".
         memory_budget_bytes: memory a training step may use (default: free memory minus a margin).
+        memory_margin: the memory ceiling keeps this fraction of the budget free.
         budget_seconds: sizes the decision's parts: the throughput probe gets 15 % of it, each
             pilot 35 %, each lr race about two pilots' worth (or three times its first racer's
             time, where that is longer). Not a hard limit: whole decisions took 0.9-3.9x it on
@@ -110,7 +113,7 @@ def recommend(
     from batchsage.probe.throughput import probe_throughput
 
     with phases.phase("memory", "probing memory"):
-        memory = probe_memory(loaded, device=dev, budget_bytes=memory_budget_bytes)
+        memory = probe_memory(loaded, device=dev, budget_bytes=memory_budget_bytes, margin=memory_margin)
     ceiling = memory.max_batch_size
     grid = candidate_grid(loaded, ceiling, min_batch_size)
     measured_sizes = [b for b in grid if b <= ceiling]

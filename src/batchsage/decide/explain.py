@@ -27,11 +27,14 @@ def why_lines(rec: Recommendation, ceiling: int) -> list[str]:
     saturating = _throughput_saturation(rec.throughput)
     if saturating is not None:
         lines.append(f"samples/s on {rec.device} stop growing much beyond B≈{saturating}")
+    margin = rec.memory.get("margin")
+    where = (f"; {margin:.0%} margin, checked in a {rec.memory.get('checked_in')}"
+             if margin is not None and rec.memory.get("limited_by") == "memory" else "")
     if rec.accumulation_steps > 1:
-        lines.append(f"memory ceiling B={ceiling}: run as {rec.accumulation_steps} accumulated "
+        lines.append(f"memory ceiling B={ceiling}{where}: run as {rec.accumulation_steps} accumulated "
                      f"micro-batches of {rec.micro_batch_size}")
     else:
-        lines.append(f"fits in memory in one pass (ceiling B={ceiling})")
+        lines.append(f"fits in memory in one pass (ceiling B={ceiling}{where})")
     if rec.extrapolated and rec.pilot_coverage is not None:
         lines.append(f"the first pilot got {rec.pilot_coverage:.0%} of the way to the target; steps "
                      "beyond it are extrapolated (see the report)")

@@ -512,7 +512,7 @@ class Run:
         twin.model = copy.deepcopy(self.model)
         twin.optimizer = self.task.make_optimizer(twin.model.parameters(), self.peak_lr)
         twin.optimizer.load_state_dict(copy.deepcopy(self.optimizer.state_dict()))
-        twin.stream = copy.deepcopy(self.stream)
+        twin.stream = self.stream.fork()
         twin.state = copy.copy(self.state)
         twin._rng = copy.deepcopy(self._rng)
         twin.history = list(self.history)
@@ -533,6 +533,7 @@ def train(
     device: str | Device | None = None,
     max_samples: int | None = None,
     max_seconds: float | None = None,
+    max_steps: int | None = None,
     stop_at_target: bool = True,
     eval_every_samples: int | None = None,
     eval_growth: float | None = None,
@@ -549,6 +550,7 @@ def train(
         device: "auto" (default: cuda, then mps, then cpu), "cpu", "cuda" or "mps".
         max_samples: sample budget (default: the task's ``max_samples``).
         max_seconds: training-time budget in seconds (validation excluded).
+        max_steps: optimiser-step budget.
         stop_at_target: stop at the first validation that meets the target.
         eval_every_samples: validation interval (default: the task's).
         eval_growth: validate on a geometric schedule (see :class:`Run`).
@@ -559,6 +561,6 @@ def train(
     run = Run(task, batch_size, lr, accumulation_steps=accumulation_steps, warmup_steps=warmup_steps,
               seed=seed, device=device, hooks=hooks, eval_every_samples=eval_every_samples,
               eval_growth=eval_growth)
-    reason = run.train_until(max_samples=max_samples, max_seconds=max_seconds,
+    reason = run.train_until(max_samples=max_samples, max_seconds=max_seconds, max_steps=max_steps,
                              stop_at_target=stop_at_target)
     return run.result(reason)

@@ -43,6 +43,7 @@ from batchsage.live.checkpoint import (
 )
 from batchsage.live.race import COOLDOWN_FRACTION, Branch, BranchOutcome, Judge, RaceRecord, race
 from batchsage.noise import NoiseScaleMonitor
+from batchsage.probe.memory import DEFAULT_SAFETY_MARGIN
 from batchsage.task import Task, load_task
 
 FIT_SCHEMA_VERSION = 1
@@ -56,7 +57,7 @@ FIRST_DECISION_STEPS = 32
 #: this factor since the last score: a handful of points per doubling, a bounded cost.
 JUDGE_SPACING = 1.5
 #: A judge's pass costs at most about this many of the live run's steps (fewer samples otherwise).
-JUDGE_STEPS = 4
+JUDGE_STEPS = 2
 
 
 @dataclass(frozen=True)
@@ -71,6 +72,9 @@ class FitOptions:
             far. With decisions at every doubling of the training time, all races together cost at
             most about this share of the whole run.
         lr_factor: the lr challenger trains at the live lr × this.
+        survey_rungs: the first race also tries the lr × factor², … up to × factor^survey_rungs: it
+            runs whatever the budget (the run is young, so it is cheap, and a wrong base lr slows
+            the whole run).
         max_rounds: races per decision (another one follows while a challenger won the last).
         min_batch_size: the batch never goes below this.
         monitor_overhead: the noise monitor's overhead budget (fraction of training time).
@@ -82,6 +86,7 @@ class FitOptions:
     stretch_fraction: float = 0.1
     race_share: float = 0.3
     lr_factor: float = 2.0
+    survey_rungs: int = 3
     max_rounds: int = 3
     min_batch_size: int = 8
     monitor_overhead: float = 0.03
@@ -137,6 +142,9 @@ class FitResult:
     times: TimeBreakdown
     noise: list[dict[str, float]] = field(default_factory=list)
     options: dict[str, Any] = field(default_factory=dict)
+    #: Optimiser steps by batch size: {"kept": {B: steps of the kept run}, "discarded": {B: steps
+    #: of losing forks and cooldowns}} (batch sizes as strings, as JSON keys are).
+    steps_by_batch: dict[str, dict[str, int]] = field(default_factory=dict)
     model_path: str | None = None
     checkpoint_path: str | None = None
     resumed: int = 0
@@ -176,6 +184,7 @@ def fit(
     resume: bool = False,
     max_seconds: float | None = None,
     memory_budget_bytes: int | None = None,
+    memory_margin: float = DEFAULT_SAFETY_MARGIN,
     options: FitOptions | None = None,
     progress: bool = True,
     console: Console | None = None,
@@ -191,6 +200,7 @@ def fit(
         resume: continue from ``out/checkpoint.pt``.
         max_seconds: stop after this many wall seconds (a checkpoint is written).
         memory_budget_bytes: memory a training step may use (default: free memory minus a margin).
+        memory_margin: the memory ceiling keeps this fraction of the budget free.
         options: how races run (:class:`FitOptions`).
         progress: show a progress line on ``console``.
     """
@@ -201,7 +211,7 @@ def fit(
     if resume and out_dir is None:
         raise ConfigError("--resume needs the --out directory of the run to continue")
     controller = _Controller(loaded, resolve_device(device), seed, out_dir, memory_budget_bytes,
-                             options or FitOptions(), console if progress else None)
+                             options or FitOptions(), console if progress else None, memory_margin)
     if resume:
         assert out_dir is not None
         controller.restore(out_dir / CHECKPOINT_NAME)
@@ -212,13 +222,15 @@ class _Controller:
     """The live run and the decisions about it (see the module docstring)."""
 
     def __init__(self, task: Task, device: Device, seed: int | None, out: Path | None,
-                 memory_budget_bytes: int | None, options: FitOptions, console: Console | None) -> None:
+                 memory_budget_bytes: int | None, options: FitOptions, console: Console | None,
+                 memory_margin: float = DEFAULT_SAFETY_MARGIN) -> None:
         self.task = task
         self.device = device
         self.out = out
         self.options = options
         self.console = console
         self.memory_budget_bytes = memory_budget_bytes
+        self.memory_margin = memory_margin
         self.monitor = NoiseScaleMonitor(overhead_budget=options.monitor_overhead,
                                          dataset_size=task.num_train_samples)
         self.live = Run(task, task.base_batch_size, task.base_lr, seed=seed, device=device,
@@ -231,8 +243,6 @@ class _Controller:
         self.decisions: list[dict[str, Any]] = []
         self.next_decision_seconds: float | None = None
         self.diverged_lr: float | None = None
-        #: B_simple when the lr was last set (by a race or the noise scale), for the next shift.
-        self.noise_at_lr: float | None = None
         self.memory_ceiling: int | None = None
         self.judge: Judge | None = None
         #: (training seconds, the judge's validation loss) at each scheduled validation.
@@ -312,7 +322,7 @@ class _Controller:
     # ---- decisions -------------------------------------------------------------------------------
 
     def _decide(self) -> None:
-        """One decision point: follow the noise scale, then race forks while they win and it pays.
+        """One decision point: race forks of the live run while they win and it pays.
 
         Each round races lr × factor and 2B (with the lr the scaling rule gives it), and B/2 where the
         measured noise scale is below the batch, against the live run; a round won by a challenger
@@ -321,21 +331,24 @@ class _Controller:
         live = self.live
         elapsed = live.state.train_seconds
         self.next_decision_seconds = 2.0 * elapsed
-        self._follow_noise()
         if not self.val_loss_log or self.val_loss_log[-1][0] < elapsed:
             self._score_live(live)  # a fresh point for the loss rate the races convert with
         affordable = self.options.race_share * elapsed
+        # A race pays back over the rest of the run: none once the validation trend says less is
+        # left than a race would cost.
+        remaining = self.eta_log[-1]["eta_seconds"] if self.eta_log else math.inf
         self.decisions.append({"step": live.state.step, "train_seconds": elapsed,
-                               "b_simple": self.noise_at_lr, "affordable_seconds": affordable})
+                               "b_simple": self._recent_b_simple(), "affordable_seconds": affordable})
         spent = 0.0
         for _ in range(self.options.max_rounds):
             live = self.live
             step_seconds = live.step_seconds_median(live.batch_size, last=64)
             share = self.options.stretch_fraction * elapsed
             steps = max(MIN_STRETCH_STEPS, round(share / max(step_seconds, 1e-9)))
-            branches = self._challengers()
+            survey = not self.races  # the first race: the run is young, a wrong lr slows all of it
+            branches = self._challengers(lr_rungs=self.options.survey_rungs if survey else 1)
             waste = steps * step_seconds * (len(branches) + (len(branches) + 1) * COOLDOWN_FRACTION)
-            if not branches or spent + waste > affordable:
+            if not branches or (spent + waste > min(affordable, remaining) and not survey):
                 break
             winner, record = self._race(branches, steps * live.batch_size, "round", affordable - spent)
             spent += record.discarded_seconds
@@ -343,14 +356,16 @@ class _Controller:
                 break
         self.next_decision_seconds = max(self.next_decision_seconds, 2.0 * elapsed)
 
-    def _challengers(self) -> list[Branch]:
-        """The forks worth racing from the live run now."""
+    def _challengers(self, lr_rungs: int = 1) -> list[Branch]:
+        """The forks worth racing from the live run now: the lr × factor (and × factor², … up to
+        ``lr_rungs`` rungs), 2B, and B/2 where the noise scale is below the batch."""
         live = self.live
         branches: list[Branch] = []
-        lr = live.peak_lr * self.options.lr_factor
-        if self._lr_allowed(lr):
-            branches.append(Branch(f"lr×{self.options.lr_factor:g}", live.batch_size, lr,
-                                   live.state.accumulation_steps))
+        for rung in range(1, lr_rungs + 1):
+            factor = self.options.lr_factor**rung
+            if self._lr_allowed(live.peak_lr * factor):
+                branches.append(Branch(f"lr×{factor:g}", live.batch_size, live.peak_lr * factor,
+                                       live.state.accumulation_steps, favoured=True))
         b_simple = self._recent_b_simple()
         if 2 * live.batch_size <= self.task.num_train_samples:
             branches.append(self._batch_branch("2B", 2 * live.batch_size, b_simple))
@@ -358,24 +373,6 @@ class _Controller:
         if smaller >= self.options.min_batch_size and b_simple is not None and b_simple < live.batch_size:
             branches.append(self._batch_branch("B/2", smaller, b_simple))
         return branches
-
-    def _follow_noise(self) -> None:
-        """Lower the lr as the gradient noise scale grows (McCandlish et al.: ε ∝ 1/(1 + B_noise/B)).
-
-        A larger noise scale at the same batch means noisier steps, for which a smaller lr is
-        faster; the shift since the last decision is applied (decreases only: a falling estimate is
-        more often noise than a real fall, and the lr races raise the lr where that is faster).
-        """
-        b_simple = self._recent_b_simple()
-        if b_simple is None:
-            return
-        previous, self.noise_at_lr = self.noise_at_lr, b_simple
-        if previous is None or b_simple <= previous:
-            return
-        shift = max(plan.lr_noise_shift(self.live.batch_size, previous, b_simple),
-                    1.0 / self.options.lr_factor)
-        self.live.set_lr(self.live.peak_lr * shift)
-        self._note_schedule(f"noise scale {previous:.0f} → {b_simple:.0f}: lr × {shift:.2f}")
 
     def _batch_branch(self, role: str, batch_size: int, b_simple: float | None) -> Branch:
         """A branch at ``batch_size`` with the lr the scaling rule gives it from the live (B, lr)."""
@@ -427,6 +424,7 @@ class _Controller:
         started = time.perf_counter()
         limit = min(self.task.num_train_samples, batch_size * 8)
         profile = probe_memory(self.task, device=self.device, budget_bytes=self.memory_budget_bytes,
+                               margin=self.memory_margin,
                                max_batch_size_limit=limit)
         self.times.probe_seconds += time.perf_counter() - started
         self.memory_ceiling, self._probed_up_to = profile.max_batch_size, limit
@@ -507,7 +505,7 @@ class _Controller:
         live = self.live
         live_times = self.times
         live_times.kept_train_seconds = live.state.train_seconds
-        live_times.scheduled_validation_seconds = live.eval_seconds - live_times.race_validation_seconds
+        live_times.scheduled_validation_seconds = live.eval_seconds
         live_times.monitor_overhead_seconds = self.monitor.overhead_fraction * live.state.train_seconds
         self.noise_log = [{"step": p.step, "b_simple": p.b_simple, "train_loss": p.train_loss}
                           for p in self.monitor.trajectory]
@@ -524,8 +522,18 @@ class _Controller:
             noise=self.noise_log, options=asdict(self.options),
             model_path=str(self.out / MODEL_NAME) if self.out else None,
             checkpoint_path=str(self.out / CHECKPOINT_NAME) if self.out else None,
-            resumed=self.resumed, model=live.model,
+            resumed=self.resumed, model=live.model, steps_by_batch=self._steps_by_batch(),
         )
+
+    def _steps_by_batch(self) -> dict[str, dict[str, int]]:
+        kept: dict[str, int] = {}
+        for batch, _seconds, _loss in self.live.step_log:
+            kept[str(batch)] = kept.get(str(batch), 0) + 1
+        discarded: dict[str, int] = {}
+        for record in self.races:
+            for batch, steps in record.discarded_steps.items():
+                discarded[batch] = discarded.get(batch, 0) + steps
+        return {"kept": kept, "discarded": discarded}
 
     def _write(self, result: FitResult) -> None:
         if self.out is None:

@@ -16,6 +16,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from batchsage.device import Device, resolve_device
 from batchsage.probe.memory import (
+    DEFAULT_SAFETY_MARGIN,
     MemoryBudgetError,
     MemoryProbe,
     MemoryProfile,
@@ -66,6 +67,7 @@ def probe(
     time_budget_seconds: float = 20.0,
     *,
     max_batch_size_limit: int | None = None,
+    memory_margin: float = DEFAULT_SAFETY_MARGIN,
     progress: bool = False,
     console: Console | None = None,
 ) -> ProbeResult:
@@ -78,24 +80,26 @@ def probe(
             minus a margin).
         time_budget_seconds: wall-clock budget of the throughput probe.
         max_batch_size_limit: never consider batches larger than this.
+        memory_margin: the ceiling keeps this fraction of the memory budget free.
         progress: show Rich progress on ``console``.
     """
     start = time.perf_counter()
     loaded = load_task(task) if not isinstance(task, Task) else task.validate()
     dev = resolve_device(device)
     if not progress:
-        memory = probe_memory(loaded, dev, memory_budget_bytes, max_batch_size_limit)
+        memory = probe_memory(loaded, dev, memory_budget_bytes, max_batch_size_limit, margin=memory_margin)
         throughput = probe_throughput(loaded, dev, memory.max_batch_size, time_budget_seconds)
     else:
         memory, throughput = _probe_with_progress(
             loaded, dev, memory_budget_bytes, time_budget_seconds, max_batch_size_limit,
-            console or Console(stderr=True),
+            console or Console(stderr=True), memory_margin,
         )
     return ProbeResult(str(dev), memory, throughput, time.perf_counter() - start)
 
 
 def _probe_with_progress(task: Task, device: Device, budget_bytes: int | None, time_budget_seconds: float,
-                         limit: int | None, console: Console) -> tuple[MemoryProfile, ThroughputCurve]:
+                         limit: int | None, console: Console,
+                         margin: float) -> tuple[MemoryProfile, ThroughputCurve]:
     columns = (TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn())
     with Progress(*columns, console=console, transient=True) as bar:
         memory_task = bar.add_task("memory: first probe", total=None)
@@ -104,7 +108,7 @@ def _probe_with_progress(task: Task, device: Device, budget_bytes: int | None, t
             peak = format_bytes(probe.peak_bytes) if probe.peak_bytes is not None else "-"
             bar.update(memory_task, description=f"memory: B={probe.batch_size} {probe.outcome} ({peak})")
 
-        memory = probe_memory(task, device, budget_bytes, limit, on_probe=on_probe)
+        memory = probe_memory(task, device, budget_bytes, limit, on_probe=on_probe, margin=margin)
         bar.update(memory_task, total=1, completed=1,
                    description=f"memory: ceiling B={memory.max_batch_size} ({memory.steps_used} steps)")
         time_task = bar.add_task("throughput", total=1.0)

@@ -101,6 +101,12 @@ SLOPE_NOISE_BYTES = 32 * 1024**2
 MIN_STEPS_PER_PROBE = 3
 MAX_STEPS_PER_PROBE = 4
 PLATEAU_FRACTION = 0.01
+#: By default the ceiling keeps this fraction of the budget free: run-to-run differences of a peak
+#: (a few allocator pages, measured ±15 MiB here), another library's buffers. Settable
+#: (``margin=``, ``--memory-margin``), as Lightning's batch-size finder's ``margin`` is.
+DEFAULT_SAFETY_MARGIN = 0.05
+#: Fresh-process checks (and corrections) of a ceiling that memory sets.
+MAX_FRESH_CHECKS = 3
 #: A measuring child that has not answered after this long is killed and the probe fails.
 CHILD_TIMEOUT_SECONDS = 900.0
 
@@ -196,6 +202,14 @@ class MemoryProfile:
     budget_source: str = "given"
     meter: str = ""
     notes: list[str] = field(default_factory=list)
+    #: Fraction of the budget the ceiling keeps free, and the budget steps were held to.
+    margin: float = 0.0
+    effective_budget_bytes: int | None = None
+    #: Where the ceiling was checked: "fresh process" (a new process trained at it, as the user's
+    #: will), "forked child" (this process's state, where a notebook user trains), "allocator".
+    checked_in: str = "forked child"
+    #: Each fresh-process check: {"batch_size", "peak_bytes", "predicted_bytes", "fits"}.
+    fresh_checks: list[dict[str, Any]] = field(default_factory=list)
 
     def predict_bytes(self, batch_size: int) -> int:
         """Predicted peak bytes of a step at ``batch_size`` (the fitted line)."""
@@ -216,6 +230,10 @@ class MemoryProfile:
             "budget_source": self.budget_source,
             "meter": self.meter,
             "notes": list(self.notes),
+            "margin": self.margin,
+            "effective_budget_bytes": self.effective_budget_bytes,
+            "checked_in": self.checked_in,
+            "fresh_checks": list(self.fresh_checks),
             "probes": [probe.to_dict() for probe in self.probes],
         }
 
@@ -235,8 +253,8 @@ class StepMemoryMeter(Protocol):
     def default_budget_bytes(self) -> tuple[int, str]: ...
 
 
-def run_training_steps(task: Task, batch_size: int, device: Device,
-                       read_peak: Callable[[], int]) -> tuple[int, int]:
+def run_training_steps(task: Task, batch_size: int, device: Device, read_peak: Callable[[], int],
+                       validate: bool = False) -> tuple[int, int]:
     """Engine steps of a fresh run at ``batch_size`` until the peak stops growing; (peak bytes, steps).
 
     One step is not enough. During the first, the optimiser state does not exist yet (the first
@@ -244,7 +262,8 @@ def run_training_steps(task: Task, batch_size: int, device: Device,
     the first step's frees, so activations of up to 32 MiB now land in the heap, whose freed
     space stays resident; the third is the first steady step. So ``MIN_STEPS_PER_PROBE`` steps
     run, and one more (up to ``MAX_STEPS_PER_PROBE``) while the last still raised the peak by
-    more than ``PLATEAU_FRACTION`` of the step's own memory.
+    more than ``PLATEAU_FRACTION`` of the step's own memory. ``validate``: then one validation
+    pass, as a training run makes (its peak counts too).
     """
     baseline = read_peak()
     run = Run(task, batch_size, task.base_lr, device=device)
@@ -256,7 +275,10 @@ def run_training_steps(task: Task, batch_size: int, device: Device,
             peaks[-1] - peaks[-2] <= PLATEAU_FRACTION * max(peaks[-1] - baseline, 1)
         ):
             break
-    return peaks[-1], len(peaks)
+    if validate:
+        run.validate()
+        peaks.append(max(peaks[-1], read_peak()))
+    return peaks[-1], len(peaks) - (1 if validate else 0)
 
 
 class ForkedPeakRSSMeter:
@@ -757,6 +779,8 @@ def probe_memory(
     cap_margin: float = 0.8,
     on_probe: Callable[[MemoryProbe], None] | None = None,
     meter: StepMemoryMeter | None = None,
+    margin: float = DEFAULT_SAFETY_MARGIN,
+    fresh_check: bool = True,
 ) -> MemoryProfile:
     """Fit ``mem(B) = fixed + per_sample·B`` and find the largest batch size within the budget.
 
@@ -773,6 +797,10 @@ def probe_memory(
             bound of the fitted line puts it below this fraction of the budget; 0 always verifies.
         on_probe: called after each measured step (progress display).
         meter: how a step is measured (default: chosen by the device).
+        margin: the ceiling keeps this fraction of the budget free.
+        fresh_check: on CPU, where memory sets the ceiling and the task has a ``source``, check it
+            in a fresh process that trains at it (:mod:`batchsage.probe.fresh`), lowering it by
+            what that process needs beyond the forked children's measurements.
 
     The batch size never exceeds the number of training samples; when every sample fits in one
     step, ``limited_by`` says "dataset".
@@ -793,6 +821,8 @@ def probe_memory(
         raise ConfigError(f"tolerance must be between 0 and 1, got {tolerance!r}")
     if not 0 <= cap_margin < 1:
         raise ConfigError(f"cap_margin must be in [0, 1), got {cap_margin!r}")
+    if not 0 <= margin < 1:
+        raise ConfigError(f"the memory margin must be a fraction in [0, 1), got {margin!r}")
     if max_measurements < 3:
         raise ConfigError(
             f"max_measurements must be at least 3 (two probes and a verification), got {max_measurements}"
@@ -804,12 +834,19 @@ def probe_memory(
         if isinstance(budget_bytes, bool) or not isinstance(budget_bytes, int) or budget_bytes <= 0:
             raise ConfigError(f"memory budget must be a positive number of bytes, got {budget_bytes!r}")
         budget, source = budget_bytes, "given"
+    effective = int(budget * (1.0 - margin))
     search = search_ceiling(
-        lambda size: meter.measure(size, budget), budget, cap, tolerance=tolerance,
+        lambda size: meter.measure(size, effective), effective, cap, tolerance=tolerance,
         max_measurements=max_measurements, cap_margin=cap_margin, on_probe=on_probe,
     )
     probes = search.probes
     fixed, per_sample = fit_line(probes)
+    checked_in = "allocator" if dev.type != "cpu" else "forked child"
+    fresh_checks: list[dict[str, Any]] = []
+    if dev.type == "cpu" and fresh_check and task.source is not None and search.ceiling < cap:
+        search.ceiling, fresh_checks = check_in_fresh_process(task.source, search.ceiling, fixed, per_sample,
+                                                              effective)
+        checked_in = "fresh process"
     if search.ceiling < cap:
         limited_by: Literal["memory", "dataset", "limit"] = "memory"
     else:
@@ -831,7 +868,69 @@ def probe_memory(
         budget_source=source,
         meter=meter.name,
         notes=notes,
+        margin=margin,
+        effective_budget_bytes=effective,
+        checked_in=checked_in,
+        fresh_checks=fresh_checks,
     )
+
+
+def _fresh_solution(checks: list[dict[str, Any]], fixed: int, per_sample: float, budget: int) -> int:
+    """The batch size the fresh checks so far predict at the budget.
+
+    With two measured fresh peaks, the line through them (a fresh process's own slope can be
+    steeper than the forked children's); with one, the forked line moved up by what the fresh
+    process needed beyond it; after an out-of-memory, a quarter of the step more.
+    """
+    measured = [c for c in checks if c["peak_bytes"] is not None]
+    if len(measured) >= 2 and measured[-1]["batch_size"] != measured[-2]["batch_size"]:
+        (b0, p0), (b1, p1) = ((c["batch_size"], c["peak_bytes"]) for c in measured[-2:])
+        slope = (p1 - p0) / (b1 - b0)
+        if slope > 0:
+            return math.floor(b1 + (budget - p1) / slope)
+    last = checks[-1]
+    extra = (last["peak_bytes"] - last["predicted_bytes"] if last["peak_bytes"] is not None
+             else per_sample * last["batch_size"] / 4)
+    return math.floor((budget - fixed - max(extra, 0.0)) / per_sample) if per_sample > 0 else 0
+
+
+def check_in_fresh_process(source: str, ceiling: int, fixed: int, per_sample: float,
+                           budget: int) -> tuple[int, list[dict[str, Any]]]:
+    """The ceiling a fresh training process holds to ``budget``, and each check made.
+
+    A fresh process trains at the ceiling; where its peak is over the budget, the difference
+    from the forked children's line (what a fresh process needs beyond them) lowers the line, the
+    ceiling is solved again and checked again, up to MAX_FRESH_CHECKS times.
+    """
+    from batchsage.probe.fresh import fresh_peak_bytes
+
+    available = int(psutil.virtual_memory().available * MACHINE_FRACTION)
+    limit = min(max(3 * budget, budget + (1 << 30)), available)
+    checks: list[dict[str, Any]] = []
+    batch = ceiling
+    while len(checks) < MAX_FRESH_CHECKS:
+        peak, report = fresh_peak_bytes(source, batch, limit)
+        predicted = round(fixed + per_sample * batch)
+        steps_peak = report.get("steps_peak")
+        fits = peak is not None and peak <= budget
+        checks.append({"batch_size": batch, "peak_bytes": peak, "steps_peak_bytes": steps_peak,
+                       "predicted_bytes": predicted, "fits": fits})
+        if fits:
+            return batch, checks
+        if peak is not None and steps_peak is not None and steps_peak <= budget:
+            raise MemoryBudgetError(
+                f"training steps at B={batch} fit {format_bytes(budget)} in a fresh process "
+                f"({format_bytes(steps_peak)}), but its validation pass (the task's metric over all "
+                f"validation samples at once) peaks at {format_bytes(peak)}: validate in "
+                "batches in metric_fn, or give a larger --memory-budget")
+        batch = min(batch - 1, _fresh_solution(checks, fixed, per_sample, budget))
+        if batch < 1:
+            break
+    tried = ", ".join(f"B={c['batch_size']}: "
+                      + (format_bytes(c["peak_bytes"]) if c["peak_bytes"] else "out of memory")
+                      for c in checks)
+    raise MemoryBudgetError(f"no batch size fits {format_bytes(budget)} in a fresh training process "
+                            f"(checked {tried})")
 
 
 def _notes(search: CeilingSearch, budget: int, cap: int, limited_by: str, tolerance: float) -> list[str]:
