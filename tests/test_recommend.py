@@ -441,3 +441,15 @@ def test_a_pilot_subset_keeps_the_datasets_type_and_falls_back_when_it_cannot() 
 
     fussy = dataclasses.replace(task, metric_fn=breaks_on_subsets)
     assert pilot_validation_subset(fussy, "cpu", slow) == (fussy, slow, None)
+
+
+@pytest.mark.parametrize(("spec", "cause"), [("nan_task", "diverged"), ("flat_metric_task", "never changed")])
+def test_no_recommendation_from_measurements_that_cannot_support_one(
+        spec: str, cause: str, tmp_path: Path, fixtures_dir: Path) -> None:
+    result = CliRunner().invoke(app, ["recommend", "--task", f"{fixtures_dir / 'tiny_tasks.py'}:{spec}",
+                                      "--budget-seconds", "2", "--device", "cpu", "--out", str(tmp_path)])
+    assert result.exit_code == 3, result.output
+    assert "no recommendation" in result.output and cause in result.output
+    assert "Recommended" not in result.output and "Traceback" not in result.output
+    document = json.loads((tmp_path / "recommendation.json").read_text())
+    assert document["status"] == "no recommendation" and document["pilots"]  # what was measured is kept

@@ -8,6 +8,8 @@ import typer
 
 from batchsage.cli._app import MEMORY_MARGIN_HELP, TASK_HELP, app, console, reports_errors, start_command
 from batchsage.device import DEVICE_HELP
+from batchsage.errors import InsufficientEvidence
+from batchsage.jsonio import write_json
 
 
 @app.command()
@@ -36,10 +38,14 @@ def recommend(
 
     budget_bytes = parse_size(memory_budget) if memory_budget is not None else None
     loaded, dev = start_command("recommend", task, device)
-    result = run_recommend(
-        loaded, device=dev, memory_budget_bytes=budget_bytes, memory_margin=memory_margin,
-        budget_seconds=budget_seconds, console=console,
-    )
+    try:
+        result = run_recommend(
+            loaded, device=dev, memory_budget_bytes=budget_bytes, memory_margin=memory_margin,
+            budget_seconds=budget_seconds, console=console,
+        )
+    except InsufficientEvidence as exc:  # keep what was measured
+        write_json(out / "recommendation.json", exc.document)
+        raise
     document = result.to_dict()
     result.save(out / "recommendation.json")
     if json_path is not None:

@@ -24,6 +24,7 @@ The flow is one-way: task → measurements (memory, t(B), noise) → plan → re
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -45,9 +46,9 @@ from batchsage.decide.pilots import (
     run_pilot_a,
 )
 from batchsage.decide.races import larger_pilots, lr_calibration, race_base_lr
-from batchsage.decide.recommendation import Recommendation
+from batchsage.decide.recommendation import PilotRun, Recommendation
 from batchsage.device import resolve_device
-from batchsage.errors import ConfigError
+from batchsage.errors import ConfigError, InsufficientEvidence
 from batchsage.probe.memory import DEFAULT_SAFETY_MARGIN
 from batchsage.task import Task, load_task
 
@@ -130,6 +131,9 @@ def recommend(
     runner = FromScratch(pilot_task, dev, schedule)
     with phases.phase("pilot_a", "pilot run at the base batch size, measuring gradient noise"):
         pilot_a, monitor = run_pilot_a(runner, ceiling)
+    check_evidence(loaded, pilot_a, {"task": loaded.name, "device": str(dev), "memory": memory.to_dict(),
+                                     "throughput": throughput.to_dict(), "pilots": [asdict(pilot_a)],
+                                     "phase_seconds": phases.seconds})
     noise = noise_from_monitor(monitor)
     with phases.phase("base_lr", "racing learning rates at the base batch size"):
         base_winner, base_race = race_base_lr(runner, pilot_a)
@@ -205,3 +209,27 @@ def recommend(
     return recommendation
 
 
+
+
+#: Fewest finite validations of the first pilot a plan can be fitted to.
+MIN_VALIDATIONS = 3
+
+
+def check_evidence(task: Task, pilot: PilotRun, measured: dict[str, object]) -> None:
+    """Raise InsufficientEvidence, with what was measured, when the first pilot cannot support a plan."""
+    metrics = [p["metric"] for p in pilot.history if math.isfinite(p["metric"])]
+    if pilot.diverged and len(metrics) < MIN_VALIDATIONS:
+        cause = (f"the first pilot (B={pilot.batch_size}, lr {pilot.lr:.3g}) diverged (NaN/inf loss) at step "
+                 f"{pilot.steps}: check the training data for NaN/inf values, or lower the task's base_lr")
+    elif len(metrics) < MIN_VALIDATIONS:
+        cause = (f"the first pilot validated only {len(metrics)} time(s) with a finite {task.metric_name} "
+                 "(at least 3 are needed to fit a trend): raise --budget-seconds or validate more often "
+                 "(eval_every_samples)")
+    elif max(metrics) == min(metrics):
+        cause = (f"{task.metric_name} never changed over the first pilot's {len(metrics)} validations "
+                 f"({metrics[0]:g}): the model is not learning at lr {pilot.lr:.3g}, or the metric "
+                 "ignores it")
+    else:
+        return
+    raise InsufficientEvidence(f"no recommendation for {task.name!r}: {cause}",
+                               {**measured, "status": "no recommendation", "reason": cause})

@@ -32,7 +32,7 @@ from rich.console import Console
 from batchsage import curves, plan
 from batchsage.device import Device, resolve_device
 from batchsage.engine import Run
-from batchsage.errors import BatchsageError, ConfigError
+from batchsage.errors import ConfigError, InsufficientEvidence
 from batchsage.jsonio import write_json
 from batchsage.live.checkpoint import (
     CHECKPOINT_NAME,
@@ -171,7 +171,7 @@ class FitResult:
                 f"B={self.batch_size}, lr={self.lr:.4g}, end_to_end_seconds={self.end_to_end_seconds:.1f})")
 
 
-class FitError(BatchsageError):
+class FitError(InsufficientEvidence):
     """The run cannot support a decision (diverged at the start, a metric that never moves)."""
 
 

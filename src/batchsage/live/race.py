@@ -189,8 +189,8 @@ def race(
 ) -> tuple[Run, RaceRecord]:
     """Race ``challengers`` (forks of ``live``) against it; return the winning run and the record.
 
-    Every branch trains ``stretch_samples``, then is judged; while a challenger is ahead but not
-    yet clearly, the race goes on for another stretch, up to ``max_stretches``. ``loss_rate``: how
+    Every branch trains ``stretch_samples``, then is judged; while a challenger is neither clearly
+    ahead nor clearly behind, the race goes on for another stretch, up to ``max_stretches``. ``loss_rate``: how
     fast the live run's validation loss (the judge's) has been falling, per training second. The
     live run keeps its hooks and its validation schedule; forks have neither. If the live run
     reaches the target during the race, the race ends there and it wins.
@@ -221,9 +221,9 @@ def race(
             contenders = contenders[:1]  # the target: nothing can beat it
             break
         _judge_all(record, contenders)
-        promising = [c for c in contenders[1:] if c.outcome is not None and not c.branch.favoured
-                     and 0 < c.outcome.advantage_seconds <= Z_CLEAR * c.outcome.advantage_se]
-        if not promising or record.stretches >= max_stretches:
+        undecided = [c for c in contenders[1:] if c.outcome is not None and not c.branch.favoured
+                     and abs(c.outcome.advantage_seconds) <= Z_CLEAR * c.outcome.advantage_se]
+        if not undecided or record.stretches >= max_stretches:
             break
     record.judge_seconds = judge.seconds - judged_before
     return _conclude(record, contenders)
