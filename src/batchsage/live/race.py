@@ -193,8 +193,7 @@ def race(
     ahead nor clearly behind, the race goes on for another stretch, up to ``max_stretches``.
     ``loss_rate``: how fast the live run's validation loss (the judge's) has been falling, per
     training second. The live run keeps its hooks and its validation schedule; forks have neither.
-    If the live run
-    reaches the target during the race, the race ends there and it wins.
+    If the live run reaches the target during the race, the race ends there and it wins.
     """
     largest = max([live.batch_size, *(b.batch_size for b in challengers)])
     stretch = max(stretch_samples, 2 * largest)
