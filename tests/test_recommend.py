@@ -95,7 +95,10 @@ def test_the_answer_is_typed_attributes_and_at_most_five_reasons(recommendation:
     assert isinstance(rec.batch_size, int) and isinstance(rec.accumulation_steps, int)
     assert rec.micro_batch_size * rec.accumulation_steps == rec.batch_size
     assert rec.lr == rec.recommended["lr"] and rec.warmup_steps == rec.recommended["warmup_steps"]
-    assert rec.predicted_seconds == rec.candidate(rec.batch_size).predicted_seconds  # type: ignore[union-attr]
+    assert rec.model_seconds == rec.candidate(rec.batch_size).predicted_seconds  # type: ignore[union-attr]
+    # The printed prediction is the model's calibrated on the ground truth, inside its interval.
+    assert rec.predicted_interval is not None and rec.interval_basis
+    assert rec.predicted_interval[0] <= rec.predicted_seconds <= rec.predicted_interval[1]
     assert 1 <= len(rec.why) <= 5 and all(len(line) < 160 for line in rec.why)
     assert rec.device == "cpu"  # "auto" resolved, and recorded
 

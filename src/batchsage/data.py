@@ -122,3 +122,11 @@ def move_to(batch: Any, device: torch.device) -> Any:
     if isinstance(batch, dict):
         return {key: move_to(value, device) for key, value in batch.items()}
     return batch
+
+
+def nonfinite_values(dataset: Dataset) -> int | None:
+    """How many NaN/inf values a tensor data set holds (None: not a tensor data set)."""
+    tensors = getattr(dataset, "tensors", None)
+    if tensors is None:
+        return None
+    return sum(int((~torch.isfinite(t)).sum()) for t in tensors if t.is_floating_point())

@@ -33,6 +33,7 @@ from dataclasses import asdict
 from rich.console import Console
 
 from batchsage import plan
+from batchsage.data import nonfinite_values
 from batchsage.decide.calibrate import fit_plan_parameters
 from batchsage.decide.explain import explain, pilot_coverage, why_lines
 from batchsage.decide.pilots import (
@@ -45,6 +46,7 @@ from batchsage.decide.pilots import (
     pilot_validation_subset,
     run_pilot_a,
 )
+from batchsage.decide.prediction import load_calibration
 from batchsage.decide.races import larger_pilots, lr_calibration, race_base_lr
 from batchsage.decide.recommendation import PilotRun, Recommendation
 from batchsage.device import resolve_device
@@ -176,6 +178,7 @@ def recommend(
         warmup_steps=chosen.warmup_steps,
         predicted_steps=chosen.predicted_steps,
         predicted_seconds=chosen.predicted_seconds,
+        model_seconds=chosen.predicted_seconds,
         candidates=candidates,
         s_min=fitted.s_min,
         b_noise=fitted.b_noise,
@@ -203,6 +206,11 @@ def recommend(
         pilot_validation=pilot_validation,
         budget_seconds=budget_seconds,
     )
+    calibration = load_calibration()
+    if calibration is not None and math.isfinite(chosen.predicted_seconds):
+        recommendation.predicted_seconds = calibration.level(chosen.predicted_seconds)
+        recommendation.predicted_interval = calibration.interval(chosen.predicted_seconds)
+        recommendation.interval_basis = calibration.basis()
     recommendation.pilot_coverage = pilot_coverage(recommendation)
     recommendation.explanation = explain(recommendation, ceiling, loaded.base_batch_size)
     recommendation.why = why_lines(recommendation, ceiling)
@@ -217,8 +225,14 @@ MIN_VALIDATIONS = 3
 
 def check_evidence(task: Task, pilot: PilotRun, measured: dict[str, object]) -> None:
     """Raise InsufficientEvidence, with what was measured, when the first pilot cannot support a plan."""
+    if pilot.reached_target:
+        return  # steps to the target itself were measured
     metrics = [p["metric"] for p in pilot.history if math.isfinite(p["metric"])]
-    if pilot.diverged and len(metrics) < MIN_VALIDATIONS:
+    bad_values = nonfinite_values(task.train_data) if pilot.diverged else None
+    if bad_values:
+        cause = (f"the first pilot diverged (NaN/inf loss) at step {pilot.steps}, and the training data "
+                 f"hold {bad_values} NaN/inf value(s): clean the data")
+    elif pilot.diverged and len(metrics) < MIN_VALIDATIONS:
         cause = (f"the first pilot (B={pilot.batch_size}, lr {pilot.lr:.3g}) diverged (NaN/inf loss) at step "
                  f"{pilot.steps}: check the training data for NaN/inf values, or lower the task's base_lr")
     elif len(metrics) < MIN_VALIDATIONS:

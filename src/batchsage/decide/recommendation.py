@@ -84,7 +84,9 @@ class Recommendation:
             accumulation above 1 only where the batch does not fit in memory in one pass).
         lr: peak learning rate. warmup_steps: linear warmup to it (0: none).
         predicted_steps, predicted_seconds: predicted optimiser steps and training seconds to the
-            target (validation excluded); ``predicted_interval`` bounds the seconds where known.
+            target (validation excluded); the seconds are the plan's (``model_seconds``) calibrated
+            on the ground truth, ``predicted_interval`` their 80 % interval (see
+            :mod:`batchsage.decide.prediction`).
     """
 
     task: str
@@ -127,6 +129,8 @@ class Recommendation:
     #: (low, high) training seconds to the target, and how the interval was obtained.
     predicted_interval: tuple[float, float] | None = None
     interval_basis: str | None = None
+    #: The plan's own T(B) at the chosen batch, before calibration (the candidates' unit).
+    model_seconds: float | None = None
 
     @property
     def recommended(self) -> dict[str, Any]:
@@ -141,6 +145,7 @@ class Recommendation:
             "predicted_seconds": self.predicted_seconds,
             "predicted_interval": list(self.predicted_interval) if self.predicted_interval else None,
             "interval_basis": self.interval_basis,
+            "model_seconds": self.model_seconds,
         }
 
     def candidate(self, batch_size: int) -> plan.Candidate | None:
@@ -221,6 +226,7 @@ class Recommendation:
                 why=list(document.get("why") or []),
                 predicted_interval=(float(interval[0]), float(interval[1])) if interval else None,
                 interval_basis=answer.get("interval_basis"),
+                model_seconds=answer.get("model_seconds"),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ConfigError(

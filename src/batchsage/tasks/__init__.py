@@ -28,6 +28,13 @@ def _factory(name: str) -> Callable[[], Task]:
 
 BUILTIN_NAMES = tuple(_REGISTRY)
 
+#: Tasks batchsage's decisions were developed and tuned against, and tasks it is only evaluated on
+#: (never tuned on: a change that helps the first group and hurts the second is overfitting).
+GROUPS: dict[str, tuple[str, ...]] = {
+    "development": ("linreg", "digits-mlp", "fashion-mlp", "fashion-cnn", "charlm"),
+    "evaluation": (),
+}
+
 
 def build_builtin(name: str) -> Task:
     """Build the built-in task called ``name``."""
