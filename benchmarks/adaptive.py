@@ -277,7 +277,16 @@ def best_from_groundtruth(path: Path | None) -> dict[str, Any] | None:
     if not best or "batch_size" not in best or "lr" not in best:
         return None
     return {"batch_size": int(best["batch_size"]), "lr": float(best["lr"]),
-            "source": str(path), "seconds_to_target": best.get("seconds_to_target")}
+            "source": _relative(path), "seconds_to_target": best.get("seconds_to_target")}
+
+
+def _relative(path: Path) -> str:
+    """``path`` relative to the repository where it is inside it (results never hold this machine's paths)."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        return str(Path(path).resolve().relative_to(root))
+    except ValueError:
+        return Path(path).name
 
 
 def grid_configs(task: Task, batch_sizes: list[int] | None = None) -> list[tuple[int, float]]:
@@ -524,7 +533,7 @@ def main(argv: list[str] | None = None) -> int:
                             "max_samples": task.max_samples, "description": task.description},
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "machine": machine_info(args.device),
         "load_average_start": list(os.getloadavg()), "git_commit": git_commit(),
-        "arguments": {key: str(value) if isinstance(value, Path) else value
+        "arguments": {key: _relative(value) if isinstance(value, Path) else value
                       for key, value in vars(args).items()},
     }
     runs: list[Run] = []
