@@ -5,7 +5,7 @@
 For each seed of the ground truth (its grid and top-up seeds), three runs side by side, in an order
 that rotates with the seed:
 
-- ``batchsage_fit``: :func:`batchsage.live.fit` from the task's base batch and lr to the target;
+- ``batchsage_fit``: :func:`batchsage.live.controller` from the task's base batch and lr to the target;
 - ``adaptive``: the adaptive-batch controller (:class:`batchsage.AdaptiveBatch`) from the task's
   base batch and lr, growing the batch as the noise scale grows;
 - ``best_rerun``: the ground truth's best fixed (B, lr), trained again now, on the same machine

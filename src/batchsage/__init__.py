@@ -11,7 +11,8 @@ from batchsage.adaptive import AdaptiveBatch
 from batchsage.decide import Recommendation, recommend
 from batchsage.device import Device, resolve_device
 from batchsage.engine import Run, StepUpdate, TrainingHook, TrainResult, TrainState, train
-from batchsage.errors import BatchsageError, ConfigError
+from batchsage.errors import BatchsageError, ConfigError, InsufficientEvidence
+from batchsage.live import FitOptions, FitResult, fit
 from batchsage.noise import NoiseEstimate, NoiseReport, NoiseScaleMonitor, exact_noise_scale, measure_noise
 from batchsage.probe import MemoryProfile, ProbeResult, ThroughputCurve, probe_memory, probe_throughput
 from batchsage.task import Task, TaskError, load_task
@@ -21,6 +22,9 @@ __all__ = [
     "BatchsageError",
     "ConfigError",
     "Device",
+    "FitOptions",
+    "FitResult",
+    "InsufficientEvidence",
     "MemoryProfile",
     "NoiseEstimate",
     "NoiseReport",
@@ -36,6 +40,7 @@ __all__ = [
     "TrainState",
     "TrainingHook",
     "exact_noise_scale",
+    "fit",
     "load_task",
     "measure_noise",
     "probe_memory",

@@ -1,5 +1,5 @@
 """Deciding while training: the live run, forks of it that race, checkpoints (see :func:`fit`)."""
 
-from batchsage.live.fit import FitError, FitOptions, FitResult, TimeBreakdown, fit
+from batchsage.live.controller import FitError, FitOptions, FitResult, TimeBreakdown, fit
 
 __all__ = ["FitError", "FitOptions", "FitResult", "TimeBreakdown", "fit"]

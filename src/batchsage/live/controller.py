@@ -292,7 +292,7 @@ class _Controller:
                 return "interrupted"
             if max_seconds is not None and self._wall_before + now - started >= max_seconds:
                 return "time budget"
-            if not self.val_loss_log and run.state.step >= 1:
+            if self.options.decide and not self.val_loss_log and run.state.step >= 1:
                 self._score_live(run)  # the starting line: the judge's loss after the first step
             if len(run.history) != self._validations_seen:
                 self._validations_seen = len(run.history)
@@ -443,7 +443,8 @@ class _Controller:
         """After a scheduled validation: the ETA, and the judge's loss (the races' exchange rate
         between loss and seconds) where the run has trained JUDGE_SPACING × longer since the last."""
         self._eta()
-        if self.val_loss_log and run.state.train_seconds < JUDGE_SPACING * self.val_loss_log[-1][0]:
+        if not self.options.decide or (
+                self.val_loss_log and run.state.train_seconds < JUDGE_SPACING * self.val_loss_log[-1][0]):
             return
         self._score_live(run)
 
