@@ -55,8 +55,8 @@ def test_fit_races_forks_and_accounts_for_every_second(fitted: tuple[FitResult, 
     for record in result.races:
         winners = [o for o in record["outcomes"] if o["won"]]
         assert len(winners) == 1 and winners[0]["role"] == record["winner"]
-    # Every change of the schedule after the start is a race won or the noise scale followed.
-    assert all(s["reason"].startswith(("lr race", "batch race", "noise scale")) for s in result.schedule[1:])
+    # Every change of the schedule after the start is a race won.
+    assert all(s["reason"].startswith("round race: ") for s in result.schedule[1:])
 
 
 def test_fit_writes_json_and_a_model_plain_pytorch_loads(fitted: tuple[FitResult, Path]) -> None:

@@ -265,6 +265,9 @@ class _Controller:
                 reason = self.live.train_until(should_stop=self._should_stop(started, max_seconds, status))
                 if reason == "decide":
                     self._decide()
+                    if self.live.reached_at is not None:  # a race's cooled copy reached the target
+                        reason = "target"
+                        break
                     continue
                 if reason == "checkpoint":
                     self._checkpoint()
@@ -412,6 +415,8 @@ class _Controller:
         winner.hooks = self.live.hooks
         self.live = winner
         self._note_schedule(f"{kind} race: {record.winner}")
+        if record.finished:
+            return None, record
         return next(b for b in branches if b.role == record.winner), record
 
     def _ceiling(self, batch_size: int) -> int:

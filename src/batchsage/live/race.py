@@ -130,6 +130,8 @@ class BranchOutcome:
     train_seconds: float
     cooled_loss: float
     diverged: bool
+    #: The task's metric of the cooled copy (a validation after the cooldown).
+    cooled_metric: float = math.nan
     #: Training seconds the branch saves over the incumbent to the same loss (+: faster), ± its
     #: standard error.
     advantage_seconds: float = 0.0
@@ -152,6 +154,8 @@ class RaceRecord:
     loss_rate: float = 0.0
     outcomes: list[BranchOutcome] = field(default_factory=list)
     winner: str = "incumbent"
+    #: A branch's cooled copy reached the target: it is the run's end.
+    finished: bool = False
     #: Training seconds thrown away: the losing branches' stretches and every cooldown.
     discarded_seconds: float = 0.0
     #: The steps behind ``discarded_seconds``, by batch size (losing stretches and cooldowns): with
@@ -174,6 +178,10 @@ class _Contender:
     outcome: BranchOutcome | None = None
     #: The judge's minibatch losses of the branch's cooled copy (None: diverged or not scored).
     scores: np.ndarray | None = None
+    #: The cooled copy, when it reached the task's target: the race ends and the run is done.
+    finished: Run | None = None
+    #: (training seconds, steps) of each cooldown: discarded, but for a finished copy's last.
+    cooldowns: list[tuple[float, int]] = field(default_factory=list)
 
 
 def race(
@@ -215,10 +223,12 @@ def race(
         for contender in contenders:
             _run_branch(contender, record.stretches * stretch, cooldown, record, judge,
                         is_live=contender.run is live)
-            if contender.run is live and live.reached_at is not None:
+            if (contender.run is live and live.reached_at is not None) or contender.finished is not None:
                 break
         if live.reached_at is not None:
             contenders = contenders[:1]  # the target: nothing can beat it
+            break
+        if any(c.finished is not None for c in contenders):
             break
         _judge_all(record, contenders)
         undecided = [c for c in contenders[1:] if c.outcome is not None and not c.branch.favoured
@@ -256,8 +266,8 @@ def _run_branch(contender: _Contender, samples: int, cooldown: int, record: Race
         if copy.diverged:
             contender.outcome.diverged = True
             break
-    record.cooldown_seconds += copy.state.train_seconds - before
-    _count(record, run.batch_size, copy.state.step - run.state.step)
+    contender.cooldowns.append((copy.state.train_seconds - before, copy.state.step - run.state.step))
+    record.cooldown_seconds += contender.cooldowns[-1][0]
     if contender.outcome.diverged:
         return
     contender.scores = judge.losses(copy.model)
@@ -265,6 +275,13 @@ def _run_branch(contender: _Contender, samples: int, cooldown: int, record: Race
     if not math.isfinite(contender.outcome.cooled_loss):
         contender.outcome.diverged = True
         contender.scores = None
+        return
+    # The cooled copy is what annealing now would give: where it reaches the target, the run is done.
+    started = time.perf_counter()
+    contender.outcome.cooled_metric = copy.validate().metric
+    judge.seconds += time.perf_counter() - started
+    if copy.reached_at is not None:
+        contender.finished = copy
 
 
 def _judge_all(record: RaceRecord, contenders: list[_Contender]) -> None:
@@ -290,27 +307,41 @@ def _judge_all(record: RaceRecord, contenders: list[_Contender]) -> None:
 
 
 def _conclude(record: RaceRecord, contenders: list[_Contender]) -> tuple[Run, RaceRecord]:
+    finisher = next((c for c in contenders if c.finished is not None), None)
     best, best_advantage = contenders[0], -math.inf
     for contender in contenders[1:]:
         outcome = contender.outcome
-        if outcome is None or outcome.diverged or not math.isfinite(outcome.advantage_seconds):
+        if finisher is not None or outcome is None or outcome.diverged:
+            continue
+        if not math.isfinite(outcome.advantage_seconds):
             continue
         margin = Z_CLEAR * outcome.advantage_se
-        qualifies = outcome.advantage_seconds >= -margin if contender.branch.favoured else (
-            outcome.advantage_seconds > margin)
+        # A larger lr gets the benefit of the doubt only where progress is measurable: on a plateau
+        # nothing says its lead will come, and it must be clearly ahead like any other branch.
+        favoured = contender.branch.favoured and record.loss_rate > 0
+        qualifies = outcome.advantage_seconds >= -margin if favoured else outcome.advantage_seconds > margin
         if qualifies and outcome.advantage_seconds > best_advantage:
             best, best_advantage = contender, outcome.advantage_seconds
+    if finisher is not None:
+        best = finisher
     record.outcomes = [c.outcome for c in contenders if c.outcome is not None]
     for contender in contenders:
         if contender.outcome is not None:
             contender.outcome.won = contender is best
-    record.winner = best.branch.role
+    record.winner = best.branch.role + (" (cooled copy reached the target)" if finisher is not None else "")
+    record.finished = finisher is not None
+    kept_cooldown = finisher.cooldowns[-1][0] if finisher is not None else 0.0
     record.discarded_seconds = (sum(o.train_seconds for o in record.outcomes if not o.won)
-                                + record.cooldown_seconds)
-    for outcome in record.outcomes:
-        if not outcome.won:
-            _count(record, outcome.batch_size, outcome.steps)
-    return best.run, record
+                                + record.cooldown_seconds - kept_cooldown)
+    for contender in contenders:
+        if contender.outcome is None:
+            continue
+        if not contender.outcome.won:
+            _count(record, contender.outcome.batch_size, contender.outcome.steps)
+        discarded = contender.cooldowns[:-1] if contender is finisher else contender.cooldowns
+        for _seconds, steps in discarded:
+            _count(record, contender.branch.batch_size, steps)
+    return (finisher.finished if finisher is not None and finisher.finished is not None else best.run), record
 
 
 def _count(record: RaceRecord, batch_size: int, steps: int) -> None:
