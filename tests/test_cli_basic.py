@@ -97,11 +97,15 @@ def test_diverging_run_is_reported_not_a_crash(fixtures_dir: Path, tmp_path: Pat
     assert document["stop_reason"] == "diverged"
 
 
-def test_tasks_json_lists_the_five_builtins() -> None:
+def test_tasks_json_lists_every_builtin_with_its_group() -> None:
     result = runner.invoke(app, ["tasks", "--json"])
     assert result.exit_code == 0, result.output
     rows = json.loads(result.stdout)
-    assert [row["name"] for row in rows] == ["linreg", "digits-mlp", "fashion-mlp", "fashion-cnn", "charlm"]
+    assert [row["name"] for row in rows] == [
+        "linreg", "digits-mlp", "fashion-mlp", "fashion-cnn", "charlm", "doclm", "fashion-bncnn", "waves-mlp"
+    ]
+    groups = {row["name"]: row["group"] for row in rows}
+    assert groups["charlm"] == "development" and groups["doclm"] == groups["waves-mlp"] == "evaluation"
     for row in rows:
         if not row["available"]:  # e.g. Fashion-MNIST not installed: listed with the reason
             assert row["error"]
@@ -115,8 +119,9 @@ def test_tasks_json_lists_the_five_builtins() -> None:
 def test_tasks_table_names_each_task() -> None:
     result = runner.invoke(app, ["tasks"])
     assert result.exit_code == 0, result.output
-    for name in ("linreg", "digits-mlp", "charlm"):
+    for name in ("linreg", "digits-mlp", "charlm", "doclm", "waves-mlp"):
         assert name in result.stdout
+    assert "evaluation" in result.stdout and "development" in result.stdout
 
 
 def test_console_script_reports_one_line_and_exit_2(tmp_path: Path) -> None:

@@ -13,8 +13,10 @@ from batchsage import Task, TaskError, load_task
 from batchsage.tasks import BUILTIN_NAMES
 
 
-def test_builtin_names_are_the_five_tasks() -> None:
-    assert set(BUILTIN_NAMES) == {"linreg", "digits-mlp", "fashion-mlp", "fashion-cnn", "charlm"}
+def test_builtin_names_are_the_eight_tasks() -> None:
+    assert set(BUILTIN_NAMES) == {
+        "linreg", "digits-mlp", "fashion-mlp", "fashion-cnn", "charlm", "doclm", "fashion-bncnn", "waves-mlp"
+    }
 
 
 @pytest.mark.parametrize("name", ["linreg", "digits-mlp"])

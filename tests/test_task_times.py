@@ -134,3 +134,9 @@ def test_needs_run_skips_settled_runs_and_redoes_shorter_cuts() -> None:
     assert not tt.needs_run(runs, 512, 0.008, 0, 100.0)
     assert tt.needs_run(runs, 512, 0.008, 0, 400.0)  # cut at 100 s: a 400 s limit may reach
     assert tt.needs_run(runs, 32, 0.002, 1, 400.0)  # another seed
+
+
+def test_groups_section_names_every_task_in_its_group() -> None:
+    text = "\n".join(tt.groups_section({"development": ("a", "b"), "evaluation": ("c",)}))
+    assert "development tasks: `a`, `b`." in text
+    assert "The evaluation tasks, `c`, are" in text

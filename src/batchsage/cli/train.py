@@ -18,19 +18,20 @@ from batchsage.jsonio import write_json
 @app.command()
 @reports_errors
 def tasks(as_json: bool = typer.Option(False, "--json", help="print JSON instead of a table")) -> None:
-    """List the built-in tasks: sizes, metric, target, base batch size and lr."""
-    from batchsage.tasks import BUILTIN_NAMES, build_builtin
+    """List the built-in tasks: group, sizes, metric, target, base batch size and lr."""
+    from batchsage.tasks import BUILTIN_NAMES, build_builtin, group_of
 
     rows = []
     for name in BUILTIN_NAMES:
         try:
             task = build_builtin(name)
         except BatchsageError as exc:
-            rows.append({"name": name, "available": False, "error": str(exc)})
+            rows.append({"name": name, "group": group_of(name), "available": False, "error": str(exc)})
             continue
         rows.append(
             {
                 "name": name,
+                "group": group_of(name),
                 "available": True,
                 "train_samples": task.num_train_samples,
                 "val_samples": task.num_val_samples,
@@ -47,16 +48,17 @@ def tasks(as_json: bool = typer.Option(False, "--json", help="print JSON instead
         print(json.dumps(rows, indent=2))
         return
     table = Table(title="built-in tasks")
-    for column in ("name", "train", "val", "metric", "target", "base B", "base lr", "description"):
+    columns = ("name", "group", "train", "val", "metric", "target", "base B", "base lr", "description")
+    for column in columns:
         table.add_column(column)
     for row in rows:
         if not row["available"]:
-            table.add_row(row["name"], "-", "-", "-", "-", "-", "-", f"[red]{row['error']}[/]")
+            table.add_row(row["name"], row["group"], "-", "-", "-", "-", "-", "-", f"[red]{row['error']}[/]")
             continue
         goal = ("≥ " if row["higher_is_better"] else "≤ ") + f"{row['target']:.4g}"
         table.add_row(
-            row["name"], str(row["train_samples"]), str(row["val_samples"]), row["metric"], goal,
-            str(row["base_batch_size"]), f"{row['base_lr']:g}", row["description"],
+            row["name"], row["group"], str(row["train_samples"]), str(row["val_samples"]), row["metric"],
+            goal, str(row["base_batch_size"]), f"{row['base_lr']:g}", row["description"],
         )
     console.print(table)
 
