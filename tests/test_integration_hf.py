@@ -199,6 +199,20 @@ def test_the_noise_callback_needs_accumulated_micro_steps(tmp_path: Any) -> None
         trainer.train()
 
 
+def test_model_init_builds_each_run_its_own_model(tmp_path: Any) -> None:
+    built: list[BertForSequenceClassification] = []
+
+    def model_init() -> BertForSequenceClassification:
+        built.append(tiny_bert())
+        return built[-1]
+
+    task = hf_task(None, arguments(tmp_path), Tokens(64, 0), Tokens(32, 1), model_init=model_init,
+                   data_collator=PadCollator(), target=0.5)
+    count = len(built)
+    first, second = task.make_model(), task.make_model()
+    assert len(built) == count + 2 and first is built[-2] and second is built[-1]
+
+
 def test_bad_inputs_are_named(tmp_path: Any) -> None:
     args = arguments(tmp_path)
     with pytest.raises(IntegrationError, match="needs compute_metrics="):
