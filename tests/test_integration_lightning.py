@@ -254,6 +254,11 @@ def test_what_the_integration_refuses_says_why_in_one_line() -> None:
         lightning_task(manual, data, monitor="val_acc", target=0.9)
     with pytest.raises(IntegrationError, match="needs monitor= and target="):
         BatchsageFinder()
+    finder = BatchsageFinder(monitor="val_acc", target=0.9)
+    trainer, _, _ = _trainer(finder, max_epochs=1)
+    with pytest.raises(IntegrationError, match="dataloaders passed directly"):
+        trainer.fit(Classifier(), train_dataloaders=data.train_dataloader(),
+                    val_dataloaders=data.val_dataloader())
     ddp = types.SimpleNamespace(world_size=2)
     with pytest.raises(IntegrationError, match="distributed strategies yet"):
         BatchsageFinder(monitor="val_acc", target=0.9).setup(ddp, Classifier(), "fit")  # type: ignore[arg-type]
