@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	# torch is pinned through the constraints file in the same command, so pip never pulls CUDA wheels.
-	$(PIP) install -q -c constraints.txt -e '.[dev,postgres]'
+	$(PIP) install -q -c constraints.txt -e '.[dev,postgres,lightning,hf]'
 	touch $(STAMP)
 
 install: $(STAMP) data
