@@ -178,3 +178,11 @@ def test_lr_noise_shift_is_not_square_rooted_for_adam_like_optimisers() -> None:
     shift = plan.lr_noise_shift(32, 32, 288)
     across_batches = plan.scaled_lr(288, 32, 1.0, "sqrt") / plan.scaled_lr(288, 32, 1.0, "linear")
     assert shift == pytest.approx(0.2) and across_batches == pytest.approx(1 / 3)
+
+
+def test_a_warmup_never_outgrows_the_training_budget() -> None:
+    candidates = plan.plan_candidates([64], s_min=1e9, b_noise=10.0, step_seconds=lambda b: 0.01,
+                                      max_batch_size=64, base_batch_size=32, base_lr=0.1, scaling="linear",
+                                      sample_budget=64_000)
+    assert candidates[0].predicted_steps > 1e9  # the plan says "far beyond the budget" ...
+    assert 0 < candidates[0].warmup_steps <= 0.05 * 64_000 / 64  # ... the warmup stays within it

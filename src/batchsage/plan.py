@@ -166,6 +166,7 @@ def plan_candidates(
     scaling: LrScaling,
     lr_b_noise: float | None = None,
     lr_calibration: LrCalibration | None = None,
+    sample_budget: int | None = None,
 ) -> list[Candidate]:
     """Predict steps, lr, step time and time-to-target for each batch size.
 
@@ -189,7 +190,8 @@ def plan_candidates(
                 micro_batch_size=micro,
                 accumulation_steps=accumulation,
                 lr=lr,
-                warmup_steps=warmup_steps_for(lr, base_lr, steps),
+                warmup_steps=warmup_steps_for(
+                    lr, base_lr, min(steps, sample_budget / batch_size) if sample_budget else steps),
                 predicted_steps=steps,
                 step_seconds=seconds_per_step,
                 predicted_seconds=steps * seconds_per_step,

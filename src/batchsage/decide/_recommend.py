@@ -165,6 +165,7 @@ def recommend(
         base_lr=anchored.base_lr * noise_shift,
         scaling=loaded.resolved_lr_scaling(),
         lr_calibration=calibration,
+        sample_budget=loaded.max_samples,
     )
     chosen = plan.choose(candidates, tolerance)
     decision_seconds = time.perf_counter() - started

@@ -12,7 +12,7 @@ or the module's: their datasets and collate functions):
 - :func:`recommend_batch_size`: the same decision before ``fit`` (like ``Tuner.scale_batch_size``),
   returning the :class:`~batchsage.Recommendation`; pass it to ``BatchsageFinder(recommendation=...)``
   to apply it without measuring again.
-- :func:`fit_live`: trains with :func:`batchsage.live.fit` (batch and lr decided while training,
+- :func:`fit_live`: trains with :func:`batchsage.fit` (batch and lr decided while training,
   forks of the live run racing) and loads the trained weights into the user's module.
 
 The user's module is never trained: every run batchsage makes starts from a deep copy of it
@@ -692,7 +692,7 @@ def fit_live(
     out: str | None = None,
     progress: bool = False,
 ) -> FitResult:
-    """Train the module to ``target`` with :func:`batchsage.live.fit`, deciding batch and lr as it goes.
+    """Train the module to ``target`` with :func:`batchsage.fit`, deciding batch and lr as it goes.
 
     batchsage's own loop trains a copy of the module through its ``training_step`` (forks of the
     live run race lr and batch changes, judged on validation; see ``batchsage.live``), then the
@@ -700,7 +700,7 @@ def fit_live(
     the run ended. Returns the :class:`~batchsage.live.FitResult` (schedule, races, time breakdown).
     Lightning's ``Trainer`` does not run: callbacks, loggers, schedulers, clipping and precision
     settings do not apply. Arguments as in :func:`recommend_batch_size`; ``max_seconds``,
-    ``options`` and ``out`` as in :func:`batchsage.live.fit`.
+    ``options`` and ``out`` as in :func:`batchsage.fit`.
     """
     with preserved_random_state():
         _prepare(datamodule)
