@@ -14,6 +14,7 @@ import os
 import random
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -122,7 +123,8 @@ def tight_budget(one_sample_peak: int) -> int:
 
 @pytest.fixture(scope="module")
 def tight_profile(wide_task: Task, tight_budget: int) -> MemoryProfile:
-    return probe_memory(wide_task, budget_bytes=tight_budget)
+    # No safety margin: these tests measure how close the search gets to the budget itself.
+    return probe_memory(wide_task, budget_bytes=tight_budget, margin=0.0)
 
 
 @pytest.mark.slow  # ~20 s with its fixtures: steps at B≈1000 touch ~80 MiB tensors afresh
@@ -155,6 +157,8 @@ def test_ceiling_is_within_five_percent_of_the_largest_fitting_batch(
 def test_budget_smaller_than_one_sample_is_a_clear_error(wide_task: Task) -> None:
     message = r"memory budget 1\.00 MiB is too small for one training sample"
     with pytest.raises(MemoryBudgetError, match=message):
+        probe_memory(wide_task, budget_bytes=MiB, margin=0.0)
+    with pytest.raises(MemoryBudgetError, match=r"1\.00 MiB less its 5% safety margin"):
         probe_memory(wide_task, budget_bytes=MiB)
 
 
@@ -380,7 +384,7 @@ def test_allocator_meter_catches_out_of_memory_and_finds_the_ceiling(tiny_task: 
     meter = AllocatorPeakMeter(tiny_task, device)
     assert meter.measure(200, 10**12).outcome == "out of memory"
     # Budget for 120 samples by the line: the ceiling is 120 (or just below, within 5 %).
-    profile = probe_memory(tiny_task, device=device, budget_bytes=220 * MiB, meter=meter)
+    profile = probe_memory(tiny_task, device=device, budget_bytes=220 * MiB, meter=meter, margin=0.0)
     assert 114 <= profile.max_batch_size <= 120
     assert profile.per_sample_bytes == pytest.approx(MiB)
     assert profile.fixed_bytes == pytest.approx(100 * MiB)
@@ -435,3 +439,20 @@ def test_search_goes_straight_to_a_nearby_cap_when_memory_barely_grows() -> None
                             cap_margin=0.0)
     assert [p.batch_size for p in search.probes] == [8, 128, 512]
     assert search.verified and search.ceiling == 512
+
+
+def test_the_margin_keeps_its_share_of_the_budget_free(wide_task: Task, tight_budget: int,
+                                                       tight_profile: MemoryProfile) -> None:
+    with_margin = probe_memory(wide_task, budget_bytes=tight_budget, margin=0.1)
+    assert with_margin.margin == 0.1 and with_margin.effective_budget_bytes == int(0.9 * tight_budget)
+    assert with_margin.max_batch_size < tight_profile.max_batch_size
+    assert all(p.peak_bytes <= with_margin.effective_budget_bytes for p in with_margin.probes if p.fits)
+    assert with_margin.checked_in == "forked child"  # a task built in Python: no source to load elsewhere
+
+
+def test_a_ceiling_memory_sets_is_checked_in_a_fresh_process(tmp_path: Path) -> None:
+    from batchsage.probe.fresh import fresh_peak_bytes
+
+    peak, report = fresh_peak_bytes("linreg", 64, 8 << 30)
+    assert peak is not None and report["outcome"] == "finished" and report["steps"] >= 3
+    assert peak >= report["steps_peak"] > 100 * MiB  # the whole process: interpreter, torch, data, steps

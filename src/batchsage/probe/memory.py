@@ -835,10 +835,16 @@ def probe_memory(
             raise ConfigError(f"memory budget must be a positive number of bytes, got {budget_bytes!r}")
         budget, source = budget_bytes, "given"
     effective = int(budget * (1.0 - margin))
-    search = search_ceiling(
-        lambda size: meter.measure(size, effective), effective, cap, tolerance=tolerance,
-        max_measurements=max_measurements, cap_margin=cap_margin, on_probe=on_probe,
-    )
+    try:
+        search = search_ceiling(
+            lambda size: meter.measure(size, effective), effective, cap, tolerance=tolerance,
+            max_measurements=max_measurements, cap_margin=cap_margin, on_probe=on_probe,
+        )
+    except MemoryBudgetError as exc:
+        if not margin:
+            raise
+        raise MemoryBudgetError(f"{exc} ({format_bytes(budget)} less its {margin:.0%} safety margin; "
+                                "--memory-margin sets it)") from None
     probes = search.probes
     fixed, per_sample = fit_line(probes)
     checked_in = "allocator" if dev.type != "cpu" else "forked child"
