@@ -206,8 +206,8 @@ def test_monitor_as_training_hook_adapts_its_period_to_the_budget() -> None:
     assert monitor.statistics.measurements[0].step == 0  # the initial point is measured
     estimate = monitor.estimate()
     assert estimate is not None and estimate.batch_size == 64 and estimate.micro_batch_size == 8
-    # Splitting into 8 micro-batches costs more than a plain step: measured, and k follows from it.
-    assert monitor.cost_ratio > 1.0
+    # The period follows from the measured cost of a split step against a plain one (whatever the
+    # load made them; which is dearer is a timing, not a behaviour, and is not asserted).
     assert monitor.period == max(1, math.ceil((monitor.cost_ratio - 1.0) / 0.05))
     assert 2 <= monitor.measurements < 300 / 2
     assert math.isfinite(monitor.overhead_fraction) and monitor.overhead_fraction >= 0
