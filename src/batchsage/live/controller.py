@@ -251,7 +251,10 @@ class _Controller:
         self._wall_before = 0.0  # wall seconds of earlier processes (resume)
         self._interrupted = False
         self._last_checkpoint = self._run_started = time.perf_counter()
-        self._probed_up_to = 0
+        #: The largest batch measured to fit (the base batch runs, so it fits), and the ceiling where
+        #: a measurement found memory binding.
+        self.fits_up_to = task.base_batch_size
+        self._meter: Any = None
         self._validations_seen = 0
         self._note_schedule("start")
 
@@ -420,20 +423,32 @@ class _Controller:
         return next(b for b in branches if b.role == record.winner), record
 
     def _ceiling(self, batch_size: int) -> int:
-        """The largest micro-batch known to fit, probed (once) when ``batch_size`` is beyond it."""
-        if self.memory_ceiling is not None and (batch_size <= self.memory_ceiling
-                                                or self.memory_ceiling < self._probed_up_to):
+        """The largest micro-batch known to fit at ``batch_size``: measured once per new size.
+
+        A batch up to the largest measured to fit needs nothing more; a larger one is measured
+        alone (one step in the meter's child, not a search); only where it does not fit is the
+        ceiling searched for (then known for good).
+        """
+        if batch_size <= self.fits_up_to:
+            return batch_size
+        if self.memory_ceiling is not None:
             return self.memory_ceiling
-        from batchsage.probe.memory import probe_memory
+        from batchsage.probe.memory import make_meter, probe_memory
 
         started = time.perf_counter()
-        limit = min(self.task.num_train_samples, batch_size * 8)
-        profile = probe_memory(self.task, device=self.device, budget_bytes=self.memory_budget_bytes,
-                               margin=self.memory_margin,
-                               max_batch_size_limit=limit)
-        self.times.probe_seconds += time.perf_counter() - started
-        self.memory_ceiling, self._probed_up_to = profile.max_batch_size, limit
-        return self.memory_ceiling
+        try:
+            meter = self._meter or make_meter(self.task, self.device)
+            self._meter = meter
+            budget = self.memory_budget_bytes or meter.default_budget_bytes()[0]
+            if meter.measure(batch_size, int(budget * (1.0 - self.memory_margin))).fits:
+                self.fits_up_to = batch_size
+                return batch_size
+            profile = probe_memory(self.task, device=self.device, budget_bytes=budget,
+                                   margin=self.memory_margin, max_batch_size_limit=batch_size)
+            self.memory_ceiling = profile.max_batch_size
+            return self.memory_ceiling
+        finally:
+            self.times.probe_seconds += time.perf_counter() - started
 
     # ---- measurements ------------------------------------------------------------------------------
 
@@ -607,7 +622,7 @@ class _Controller:
             "schedule": self.schedule, "eta": self.eta_log,
             "next_decision_seconds": self.next_decision_seconds,
             "diverged_lr": self.diverged_lr, "memory_ceiling": self.memory_ceiling,
-            "probed_up_to": self._probed_up_to, "resumed": self.resumed, "options": asdict(self.options),
+            "fits_up_to": self.fits_up_to, "resumed": self.resumed, "options": asdict(self.options),
             "wall_seconds": self._wall_before + (time.perf_counter() - self._run_started),
         }
         save_checkpoint(self.out / CHECKPOINT_NAME, self.task, self.live.state_dict(), controller)
@@ -624,7 +639,7 @@ class _Controller:
         self.next_decision_seconds = controller["next_decision_seconds"]
         self.diverged_lr = controller["diverged_lr"]
         self.memory_ceiling = controller["memory_ceiling"]
-        self._probed_up_to = controller["probed_up_to"]
+        self.fits_up_to = int(controller["fits_up_to"])
         self.resumed = int(controller["resumed"]) + 1
         self._wall_before = float(controller["wall_seconds"])
 

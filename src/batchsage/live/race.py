@@ -178,7 +178,9 @@ class _Contender:
     outcome: BranchOutcome | None = None
     #: The judge's minibatch losses of the branch's cooled copy (None: diverged or not scored).
     scores: np.ndarray | None = None
-    #: The cooled copy, when it reached the task's target: the race ends and the run is done.
+    #: The cooled copy of the latest look, and the same copy when it reached the task's target (the
+    #: race ends and the run is done).
+    cooled: Run | None = None
     finished: Run | None = None
     #: (training seconds, steps) of each cooldown: discarded, but for a finished copy's last.
     cooldowns: list[tuple[float, int]] = field(default_factory=list)
@@ -223,11 +225,12 @@ def race(
         for contender in contenders:
             _run_branch(contender, record.stretches * stretch, cooldown, record, judge,
                         is_live=contender.run is live)
-            if (contender.run is live and live.reached_at is not None) or contender.finished is not None:
+            if contender.run is live and live.reached_at is not None:
                 break
         if live.reached_at is not None:
             contenders = contenders[:1]  # the target: nothing can beat it
             break
+        _try_to_finish(contenders, judge)
         if any(c.finished is not None for c in contenders):
             break
         _judge_all(record, contenders)
@@ -254,7 +257,7 @@ def _run_branch(contender: _Contender, samples: int, cooldown: int, record: Race
         train_seconds=len(times) * statistics.median(times) if times else 0.0,
         cooled_loss=math.nan, diverged=run.diverged,
     )
-    contender.scores = None
+    contender.scores, contender.cooled = None, None
     if run.diverged or (is_live and run.reached_at is not None):
         return
     copy = run.fork()
@@ -276,12 +279,23 @@ def _run_branch(contender: _Contender, samples: int, cooldown: int, record: Race
         contender.outcome.diverged = True
         contender.scores = None
         return
-    # The cooled copy is what annealing now would give: where it reaches the target, the run is done.
+    contender.cooled = copy
+
+
+def _try_to_finish(contenders: list[_Contender], judge: Judge) -> None:
+    """Validate the cooled copy with the lowest validation loss: it is what annealing now would give,
+    and where it reaches the target the run is done (one validation a look, not one a branch)."""
+    scored = [c for c in contenders if c.cooled is not None and c.outcome is not None
+              and math.isfinite(c.outcome.cooled_loss)]
+    if not scored:
+        return
+    best = min(scored, key=lambda c: c.outcome.cooled_loss)  # type: ignore[union-attr]
+    assert best.cooled is not None and best.outcome is not None
     started = time.perf_counter()
-    contender.outcome.cooled_metric = copy.validate().metric
+    best.outcome.cooled_metric = best.cooled.validate().metric
     judge.seconds += time.perf_counter() - started
-    if copy.reached_at is not None:
-        contender.finished = copy
+    if best.cooled.reached_at is not None:
+        best.finished = best.cooled
 
 
 def _judge_all(record: RaceRecord, contenders: list[_Contender]) -> None:
