@@ -1,0 +1,1 @@
+"""Adapters between batchsage and other training frameworks (each module imports its framework)."""
