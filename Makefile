@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	# torch is pinned through the constraints file in the same command, so pip never pulls CUDA wheels.
-	$(PIP) install -q -c constraints.txt -e '.[dev,postgres,lightning,hf]'
+	$(PIP) install -q -c constraints.txt -e '.[dev,postgres,lightning,hf,keras,keras-tuner,trackers]'
 	touch $(STAMP)
 
 install: $(STAMP) data
@@ -42,10 +42,11 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks
 
 # The PostgreSQL sweep tests must run here: a missing server fails them instead of skipping them
-# (make test REQUIRE_POSTGRES=0 lets them skip).
+# (make test REQUIRE_POSTGRES=0 lets them skip). Likewise the Keras and tracker tests: the install
+# above brings their extras, so a missing package fails them (BATCHSAGE_REQUIRE_EXTRAS=1).
 REQUIRE_POSTGRES ?= 1
 test: install lint
-	BATCHSAGE_REQUIRE_POSTGRES=$(REQUIRE_POSTGRES) $(PY) -m pytest -q
+	BATCHSAGE_REQUIRE_POSTGRES=$(REQUIRE_POSTGRES) BATCHSAGE_REQUIRE_EXTRAS=1 $(PY) -m pytest -q
 
 clean:
 	rm -rf $(VENV) out .pytest_cache .ruff_cache

@@ -8,6 +8,7 @@ import typer
 
 from batchsage.cli._app import MEMORY_MARGIN_HELP, TASK_HELP, app, console, reports_errors, start_command
 from batchsage.device import DEVICE_HELP
+from batchsage.trackers import LOG_HELP
 
 
 @app.command("fit")
@@ -28,6 +29,7 @@ def fit_command(
     memory_margin: float = typer.Option(0.05, "--memory-margin", min=0.0, max=0.9, help=MEMORY_MARGIN_HELP),
     checkpoint_seconds: float = typer.Option(30.0, "--checkpoint-seconds", min=0.0,
                                              help="wall seconds between checkpoints"),
+    log_specs: list[str] | None = typer.Option(None, "--log", help=LOG_HELP),
 ) -> None:
     """Train to the task's target from scratch, deciding batch size and lr as the run goes.
 
@@ -36,9 +38,11 @@ def fit_command(
     """
     from batchsage.live import FitOptions, fit
     from batchsage.report import write_fit_report
+    from batchsage.trackers import check_log_specs, log_after_command
     from batchsage.units import parse_size
 
     budget_bytes = parse_size(memory_budget) if memory_budget is not None else None
+    trackers = check_log_specs(log_specs)
     loaded, dev = start_command("fit", task, device)
     result = fit(loaded, device=dev, seed=seed, out=out, resume=resume, max_seconds=max_seconds,
                  memory_budget_bytes=budget_bytes, memory_margin=memory_margin,
@@ -58,6 +62,7 @@ def fit_command(
         console.print(f"[bold yellow]stopped ({result.stop_reason})[/] at {metric} (target {relation} "
                       f"{result.target:g}) after {times.end_to_end_seconds:.1f} s", highlight=False)
     console.print(f"model: {out / 'model.pt'}   JSON: {out / 'fit.json'}   report: {report}", highlight=False)
+    log_after_command("fit", document, trackers, out, console)
     if result.stop_reason == "interrupted":
         console.print(f"checkpoint written: batchsage fit --task {task} --out {out} --resume",
                       highlight=False)

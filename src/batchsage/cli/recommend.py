@@ -10,6 +10,7 @@ from batchsage.cli._app import MEMORY_MARGIN_HELP, TASK_HELP, app, console, repo
 from batchsage.device import DEVICE_HELP
 from batchsage.errors import InsufficientEvidence
 from batchsage.jsonio import write_json
+from batchsage.trackers import LOG_HELP
 
 
 @app.command()
@@ -30,13 +31,16 @@ def recommend(
     details: bool = typer.Option(
         False, "--details", help="also print every candidate and the full explanation"
     ),
+    log_specs: list[str] | None = typer.Option(None, "--log", help=LOG_HELP),
 ) -> None:
     """Measure memory, throughput and gradient noise; recommend batch size, lr, accumulation, warmup."""
     from batchsage.decide import recommend as run_recommend
     from batchsage.report import print_recommendation, write_report
+    from batchsage.trackers import check_log_specs, log_after_command
     from batchsage.units import parse_size
 
     budget_bytes = parse_size(memory_budget) if memory_budget is not None else None
+    trackers = check_log_specs(log_specs)
     loaded, dev = start_command("recommend", task, device)
     try:
         result = run_recommend(
@@ -53,3 +57,4 @@ def recommend(
     paths = write_report(document, out)
     print_recommendation(document, console, details=details)
     console.print(f"report: {paths['html']}   JSON: {out / 'recommendation.json'}", highlight=False)
+    log_after_command("recommend", document, trackers, out, console)

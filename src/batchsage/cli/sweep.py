@@ -19,6 +19,7 @@ from rich.table import Table
 from batchsage.cli._app import TASK_HELP, app, console, fmt, reports_errors
 from batchsage.device import DEVICE_HELP
 from batchsage.errors import ConfigError
+from batchsage.trackers import LOG_HELP
 
 
 @app.command()
@@ -64,11 +65,14 @@ def sweep(
     ),
     device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
     out: Path = typer.Option(Path("batchsage-out"), "--out", help="directory for sweep.json and pareto.png"),
+    log_specs: list[str] | None = typer.Option(None, "--log", help=LOG_HELP),
 ) -> None:
     """Train batch sizes × learning rates × seeds to target; report the fastest and what was saved."""
     from batchsage.sweep import grid_trials, run_sweep
     from batchsage.task import load_task
+    from batchsage.trackers import check_log_specs, log_after_command
 
+    trackers = check_log_specs(log_specs)
     loaded = load_task(task)
     sizes = _int_list(batch_sizes, "--batch-sizes")
     lr_values = _float_list(lrs, "--lrs")
@@ -100,6 +104,7 @@ def sweep(
     console.print(f"JSON:   {out / 'sweep.json'}")
     if (out / "pareto.png").exists():
         console.print(f"plot:   {out / 'pareto.png'}")
+    log_after_command("sweep", document, trackers, out, console)
 
 
 def read_recommendation(path: Path) -> tuple[int, float]:

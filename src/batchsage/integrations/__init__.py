@@ -9,6 +9,9 @@ imported, so ``import batchsage`` never needs them:
 - :mod:`batchsage.integrations.hf` (``pip install 'batchsage[hf]'``): ``recommend_training_args``
   for a Hugging Face ``Trainer``'s arguments and the ``NoiseScaleCallback`` that logs the gradient
   noise scale during ``trainer.train()``.
+- :mod:`batchsage.integrations.keras` (``pip install 'batchsage[keras]'``): ``task_from_keras``,
+  ``apply_recommendation`` for ``model.fit``, a ``NoiseScaleCallback`` and a Keras Tuner
+  ``BatchsageHyperModel``.
 
 Every integration adapts the framework's objects into a :class:`batchsage.Task` (the user's model
 copied, never trained; the user's loss, optimiser, data collation and validation metric), calls
