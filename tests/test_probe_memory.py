@@ -456,3 +456,18 @@ def test_a_ceiling_memory_sets_is_checked_in_a_fresh_process(tmp_path: Path) -> 
     peak, report = fresh_peak_bytes("linreg", 64, 8 << 30)
     assert peak is not None and report["outcome"] == "finished" and report["steps"] >= 3
     assert peak >= report["steps_peak"] > 100 * MiB  # the whole process: interpreter, torch, data, steps
+
+
+def test_a_task_with_a_source_has_its_ceiling_checked_in_a_fresh_process(fixtures_dir: Path) -> None:
+    from batchsage.task import load_task
+
+    task = load_task(f"{fixtures_dir / 'tiny_tasks.py'}:memory_heavy_task")
+    assert task.source is not None and task.source.endswith("tiny_tasks.py:memory_heavy_task")
+    one = ForkedPeakRSSMeter(task).measure(1, 64 * 1024**3)
+    assert one.peak_bytes is not None
+    profile = probe_memory(task, budget_bytes=one.peak_bytes + 160 * MiB)
+    assert profile.limited_by == "memory" and profile.checked_in == "fresh process"
+    final = profile.fresh_checks[-1]
+    assert final["fits"] and final["batch_size"] == profile.max_batch_size
+    assert final["peak_bytes"] <= profile.effective_budget_bytes  # held by the process a user trains in
+    assert any(note.startswith("checked in a fresh training process") for note in profile.notes)

@@ -96,7 +96,7 @@ def recommend(
         memory_margin: the memory ceiling keeps this fraction of the budget free.
         budget_seconds: sizes the decision's parts: the throughput probe gets 15 % of it, each
             pilot 35 %, each lr race about two pilots' worth (or three times its first racer's
-            time, where that is longer). Not a hard limit: whole decisions took 0.9-3.9x it on
+            time, where that is longer). Not a hard limit: whole decisions took 0.8-4.0x it on
             the built-in tasks (docs/groundtruth.md). There, 10 s gave clearly worse picks than
             the default and 40 s no better ones (benchmarks/results/budget/TRADEOFF.md).
         tolerance: recommend the smallest B whose predicted time is within this fraction of the best.

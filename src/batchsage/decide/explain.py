@@ -61,7 +61,9 @@ def explain(rec: Recommendation, ceiling: int, base_batch_size: int) -> str:
         f"Recommended batch size {r['batch_size']} at lr {r['lr']:.3g}"
         + (f" with {r['warmup_steps']} warmup steps" if r["warmup_steps"] else "")
         + f": predicted {r['predicted_seconds']:.1f} s of training to reach "
-        f"{rec.metric_name} {'≥' if rec.higher_is_better else '≤'} {rec.target:g}."
+        f"{rec.metric_name} {'≥' if rec.higher_is_better else '≤'} {rec.target:g}"
+        + (f" (80 % interval {rec.predicted_interval[0]:.1f}–{rec.predicted_interval[1]:.1f} s: "
+           f"{rec.interval_basis})." if rec.predicted_interval else ".")
     ]
     parts.append(
         f"The gradient noise scale of this run is about {rec.b_noise:.0f} samples "
@@ -121,10 +123,12 @@ def explain(rec: Recommendation, ceiling: int, base_batch_size: int) -> str:
     else:
         parts.append(f"It fits in memory (ceiling B={ceiling}).")
     baseline = rec.candidate(32) or rec.candidate(base_batch_size)
-    if baseline is not None and baseline.batch_size != r["batch_size"] and r["predicted_seconds"] > 0:
+    chosen = rec.candidate(rec.batch_size)
+    if (baseline is not None and chosen is not None and baseline.batch_size != rec.batch_size
+            and chosen.predicted_seconds > 0):  # both in the plan's own unit, before calibration
         parts.append(
-            f"That is {baseline.predicted_seconds / r['predicted_seconds']:.1f}× faster than "
-            f"B={baseline.batch_size} ({baseline.predicted_seconds:.1f} s predicted)."
+            f"The plan has it {baseline.predicted_seconds / chosen.predicted_seconds:.1f}× as fast as "
+            f"B={baseline.batch_size}."
         )
     if rec.extrapolated:
         parts.append(_extrapolation_sentence(rec))

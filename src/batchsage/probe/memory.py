@@ -858,6 +858,12 @@ def probe_memory(
     else:
         limited_by = "dataset" if cap == dataset_size else "limit"
     notes = _notes(search, budget, cap, limited_by, tolerance)
+    if fresh_checks:  # the fresh process, not the forked children's line, set the ceiling
+        notes = [note for note in notes if not note.startswith("measurement limit reached")]
+        notes.append("checked in a fresh training process: " + "; ".join(
+            f"B={c['batch_size']} peaked at "
+            + (format_bytes(c["peak_bytes"]) if c["peak_bytes"] else "out of memory")
+            + (" (fits)" if c["fits"] else " (over)") for c in fresh_checks))
     return MemoryProfile(
         budget_bytes=budget,
         fixed_bytes=fixed,
