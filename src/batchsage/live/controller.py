@@ -247,6 +247,8 @@ class _Controller:
         self.judge: Judge | None = None
         #: (training seconds, the judge's validation loss) at each scheduled validation.
         self.val_loss_log: list[tuple[float, float]] = []
+        #: (the judge's loss, the task's metric) of the live run at the same validations.
+        self.loss_metric_pairs: list[tuple[float, float]] = []
         self.resumed = 0
         self._wall_before = 0.0  # wall seconds of earlier processes (resume)
         self._interrupted = False
@@ -404,7 +406,8 @@ class _Controller:
         waste = stretch_seconds * (len(branches) + (len(branches) + 1) * COOLDOWN_FRACTION)
         stretches = max(1, min(MAX_STRETCHES, int(affordable / max(waste, 1e-9))))
         winner, record = race(self.live, branches, stretch, kind, configure=_configure, judge=self._judge(),
-                              loss_rate=self._val_loss_rate(), max_stretches=stretches)
+                              loss_rate=self._val_loss_rate(), max_stretches=stretches,
+                              may_finish=self._may_finish)
         self.races.append(record)
         self.times.discarded_fork_seconds += record.discarded_seconds
         self.times.race_validation_seconds += record.judge_seconds
@@ -417,7 +420,8 @@ class _Controller:
             return None, record
         winner.hooks = self.live.hooks
         self.live = winner
-        self._note_schedule(f"{kind} race: {record.winner}")
+        self._note_schedule(f"{kind} race: {record.winner}"
+                            + (", annealed: its cooled copy reached the target" if record.finished else ""))
         if record.finished:
             return None, record
         return next(b for b in branches if b.role == record.winner), record
@@ -471,8 +475,26 @@ class _Controller:
     def _score_live(self, run: Run) -> None:
         judge = self._judge()
         before = judge.seconds
-        self.val_loss_log.append((run.state.train_seconds, float(np.mean(judge.losses(run.model)))))
+        loss = float(np.mean(judge.losses(run.model)))
+        self.val_loss_log.append((run.state.train_seconds, loss))
+        last = run.history[-1] if run.history else None
+        if last is not None and last.step == run.state.step and math.isfinite(last.metric):
+            self.loss_metric_pairs.append((loss, last.metric))
         self.times.race_validation_seconds += judge.seconds - before
+
+    def _may_finish(self, cooled_loss: float) -> bool:
+        """Whether a cooled copy with this validation loss may reach the target: the metric the live
+        run's recent (loss, metric) pairs predict for it, within two standard deviations of their
+        scatter, is at the target. With too few pairs to say (early in the run), it is not tried."""
+        pairs = self.loss_metric_pairs[-8:]
+        if len(pairs) < 3 or np.ptp([loss for loss, _ in pairs]) == 0:
+            return False
+        slope, intercept = np.polyfit([loss for loss, _ in pairs], [m for _, m in pairs], 1)
+        scatter = [m - (intercept + slope * loss) for loss, m in pairs]
+        predicted = intercept + slope * cooled_loss
+        spread = 2.0 * float(np.std(scatter, ddof=1))
+        best_case = predicted + spread if self.task.higher_is_better else predicted - spread
+        return self.task.reached(best_case)
 
     def _val_loss_rate(self) -> float:
         """How fast the live run's validation loss has been falling, per training second (≥ 0), over

@@ -196,6 +196,7 @@ def race(
     judge: Judge,
     loss_rate: float,
     max_stretches: int = 1,
+    may_finish: Callable[[float], bool] = lambda loss: True,
 ) -> tuple[Run, RaceRecord]:
     """Race ``challengers`` (forks of ``live``) against it; return the winning run and the record.
 
@@ -204,6 +205,8 @@ def race(
     ``loss_rate``: how fast the live run's validation loss (the judge's) has been falling, per
     training second. The live run keeps its hooks and its validation schedule; forks have neither.
     If the live run reaches the target during the race, the race ends there and it wins.
+    ``may_finish(cooled loss)``: whether a cooled copy with that validation loss may reach the
+    target (only then is it validated).
     """
     largest = max([live.batch_size, *(b.batch_size for b in challengers)])
     stretch = max(stretch_samples, 2 * largest)
@@ -230,7 +233,7 @@ def race(
         if live.reached_at is not None:
             contenders = contenders[:1]  # the target: nothing can beat it
             break
-        _try_to_finish(contenders, judge)
+        _try_to_finish(contenders, judge, may_finish)
         if any(c.finished is not None for c in contenders):
             break
         _judge_all(record, contenders)
@@ -282,15 +285,18 @@ def _run_branch(contender: _Contender, samples: int, cooldown: int, record: Race
     contender.cooled = copy
 
 
-def _try_to_finish(contenders: list[_Contender], judge: Judge) -> None:
-    """Validate the cooled copy with the lowest validation loss: it is what annealing now would give,
-    and where it reaches the target the run is done (one validation a look, not one a branch)."""
+def _try_to_finish(contenders: list[_Contender], judge: Judge, may_finish: Callable[[float], bool]) -> None:
+    """Validate the cooled copy with the lowest validation loss, where that loss may reach the
+    target: it is what annealing now would give, and where it reaches the target the run is done
+    (at most one validation a look, not one a branch)."""
     scored = [c for c in contenders if c.cooled is not None and c.outcome is not None
               and math.isfinite(c.outcome.cooled_loss)]
     if not scored:
         return
     best = min(scored, key=lambda c: c.outcome.cooled_loss)  # type: ignore[union-attr]
     assert best.cooled is not None and best.outcome is not None
+    if not may_finish(best.outcome.cooled_loss):
+        return
     started = time.perf_counter()
     best.outcome.cooled_metric = best.cooled.validate().metric
     judge.seconds += time.perf_counter() - started
@@ -342,7 +348,7 @@ def _conclude(record: RaceRecord, contenders: list[_Contender]) -> tuple[Run, Ra
     for contender in contenders:
         if contender.outcome is not None:
             contender.outcome.won = contender is best
-    record.winner = best.branch.role + (" (cooled copy reached the target)" if finisher is not None else "")
+    record.winner = best.branch.role
     record.finished = finisher is not None
     kept_cooldown = finisher.cooldowns[-1][0] if finisher is not None else 0.0
     record.discarded_seconds = (sum(o.train_seconds for o in record.outcomes if not o.won)
