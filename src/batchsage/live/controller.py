@@ -49,6 +49,10 @@ from batchsage.task import Task, load_task
 FIT_SCHEMA_VERSION = 1
 #: A race's stretch is never shorter than this many steps of the live batch.
 MIN_STRETCH_STEPS = 8
+#: A race validates its best cooled copy (to see whether annealing now reaches the target) whenever a
+#: validation costs at most this share of a branch's stretch; a costlier one only where the live
+#: run's (loss, metric) pairs say the copy may reach it.
+CHEAP_VALIDATION = 0.1
 #: A race goes on for at most this many stretches while a challenger is ahead but not clearly.
 MAX_STRETCHES = 3
 #: The first decision comes after this many steps of the live run.
@@ -405,9 +409,11 @@ class _Controller:
             self.live.batch_size, last=64)
         waste = stretch_seconds * (len(branches) + (len(branches) + 1) * COOLDOWN_FRACTION)
         stretches = max(1, min(MAX_STRETCHES, int(affordable / max(waste, 1e-9))))
+        validation_seconds = self.live.eval_seconds / max(len(self.live.history), 1)
+        cheap = validation_seconds <= CHEAP_VALIDATION * stretch_seconds
         winner, record = race(self.live, branches, stretch, kind, configure=_configure, judge=self._judge(),
                               loss_rate=self._val_loss_rate(), max_stretches=stretches,
-                              may_finish=self._may_finish)
+                              may_finish=(lambda loss: True) if cheap else self._may_finish)
         self.races.append(record)
         self.times.discarded_fork_seconds += record.discarded_seconds
         self.times.race_validation_seconds += record.judge_seconds
