@@ -36,7 +36,7 @@ data:
 	fi
 
 demo: install
-	$(VENV)/bin/batchsage --threads $(DEMO_THREADS) recommend --task $(DEMO_TASK) --out $(DEMO_OUT)
+	$(VENV)/bin/batchsage --threads $(DEMO_THREADS) fit --task $(DEMO_TASK) --out $(DEMO_OUT)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks
