@@ -26,6 +26,7 @@ from torch.utils.data import Dataset, TensorDataset
 from batchsage import plan
 from batchsage.decide import Recommendation
 from batchsage.errors import BatchsageError
+from batchsage.task import Task, check_task_runs
 
 
 class IntegrationError(BatchsageError):
@@ -62,6 +63,17 @@ def preserved_random_state() -> Iterator[None]:
         finally:
             random.setstate(python_state)
             np.random.set_state(numpy_state)
+
+
+def check_adapted_task(task: Task) -> None:
+    """The adapted task's loss runs and its validation metric is there: a wrong name or a loss
+    that fails says so now, in one line, not after minutes of measuring."""
+    with preserved_random_state():
+        check_task_runs(task)
+        probe = task.make_model()
+        probe.eval()
+        with torch.no_grad():
+            task.metric_fn(probe, task.val_data)
 
 
 def cap_micro_batch(rec: Recommendation, max_micro_batch_size: int,

@@ -40,9 +40,15 @@ except ImportError as exc:  # pragma: no cover - the extra is installed wherever
                       "pip install 'batchsage[hf]'") from exc
 
 from batchsage.decide import Recommendation, recommend
-from batchsage.integrations._common import IntegrationError, collated, index_dataset, preserved_random_state
+from batchsage.integrations._common import (
+    IntegrationError,
+    check_adapted_task,
+    collated,
+    index_dataset,
+    preserved_random_state,
+)
 from batchsage.noise import Measurement, NoiseEstimate, NoiseStatistics, step_estimates
-from batchsage.task import Task, TaskError, check_task_runs
+from batchsage.task import Task, TaskError
 
 __all__ = ["NoiseScaleCallback", "RecommendedArguments", "hf_task", "recommend_training_args"]
 
@@ -200,12 +206,7 @@ def hf_task(
         metric_name=key,
         description=f"transformers {type(template).__name__}",
     ).validate()
-    with preserved_random_state():
-        check_task_runs(task)
-        probe = task.make_model()
-        probe.eval()
-        with torch.no_grad():
-            metric_fn(probe, eval_dataset)  # the metric exists: fail here, in one line, if not
+    check_adapted_task(task)
     return task
 
 

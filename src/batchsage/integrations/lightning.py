@@ -51,13 +51,14 @@ from batchsage.integrations._common import (
     IntegrationError,
     LinearWarmup,
     cap_micro_batch,
+    check_adapted_task,
     collated,
     index_dataset,
     preserved_random_state,
 )
 from batchsage.live import FitOptions, FitResult
 from batchsage.live import fit as live_fit
-from batchsage.task import Task, TaskError, check_task_runs
+from batchsage.task import Task, TaskError
 
 Mode = Literal["min", "max"]
 #: Lightning's own default when a Trainer sets neither max_epochs nor max_steps.
@@ -398,12 +399,7 @@ def _adapt(model: pl.LightningModule, datamodule: Any, *, monitor: str, target: 
         metric_name=monitor,
         description=f"LightningModule {type(model).__name__}",
     ).validate()
-    with preserved_random_state():
-        check_task_runs(task)
-        probe = task.make_model()
-        probe.eval()
-        with torch.no_grad():
-            metric_fn(probe, task.val_data)  # the monitor is logged: fail here, in one line, if not
+    check_adapted_task(task)
     return _Adapter(model, datamodule, task, batch_arg_name, batch_holders, lr_name, lr_holders, base_lr)
 
 
