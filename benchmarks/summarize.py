@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from batchsage.tasks import GROUPS
 from gt_regret import Lead, Totals, lead, lead_over_all, strategy_totals
 
 STRATEGY_ORDER = ("batchsage", "default32", "memory_ceiling", "max_throughput", "doubling")
@@ -27,8 +28,17 @@ MARKERS = {"batchsage": "*", "default32": "o", "memory_ceiling": "s", "max_throu
            "doubling": "D"}
 
 
+def group_of(task: str) -> str:
+    """The task's group (batchsage.tasks.GROUPS), "other" for a task outside the built-in ones."""
+    return next((group for group, names in GROUPS.items() if task in names), "other")
+
+
+GROUP_ORDER = (*GROUPS, "other")
+
+
 def load_results(directory: Path) -> list[dict[str, Any]]:
-    """Every result document with strategies, sorted by task name."""
+    """Every result document with strategies: the development tasks, then the evaluation tasks,
+    then any other, each sorted by task name."""
     documents = []
     for path in sorted(directory.glob("*.json")):
         try:
@@ -38,7 +48,7 @@ def load_results(directory: Path) -> list[dict[str, Any]]:
         if isinstance(document, dict) and document.get("strategies") and document.get("best") and (
                 "grid" in document and "decisions" in document):
             documents.append(document)
-    return sorted(documents, key=lambda d: d["task"])
+    return sorted(documents, key=lambda d: (GROUP_ORDER.index(group_of(d["task"])), d["task"]))
 
 
 def format_cell(result: dict[str, Any] | None) -> str:
@@ -73,8 +83,9 @@ def render_table(documents: Sequence[dict[str, Any]]) -> str:
     for document in documents:
         best = document["best"]
         status = "" if document.get("status") == "complete" else " (partial)"
+        group = group_of(document["task"])
         row = [
-            document["task"] + status,
+            document["task"] + (" (evaluation)" if group == "evaluation" else "") + status,
             f"B={best['batch_size']}, lr={best['lr']:.3g}, {best['seconds_to_target']:.3g} s",
             heldout_cell(document.get("best_heldout")),
             *[format_cell(document["strategies"].get(name)) for name in names],
@@ -104,8 +115,6 @@ def _goal_cell(goal: dict[str, Any]) -> str:
 
 
 def render_summary(documents: Sequence[dict[str, Any]]) -> str:
-    regrets = [d["strategies"]["batchsage"]["regret"] for d in documents
-               if d["strategies"].get("batchsage", {}).get("regret") is not None]
     lines = [
         "# Ground truth: regret and decision cost per task",
         "",
@@ -122,10 +131,9 @@ def render_summary(documents: Sequence[dict[str, Any]]) -> str:
         render_table(documents),
         "",
     ]
-    if regrets:
-        lines.append(f"batchsage: median regret {statistics.median(regrets):.2f}, "
-                     f"worst {max(regrets):.2f} over {len(regrets)} task(s).")
-        lines.append("")
+    regret_line = _regret_line(documents)
+    if regret_line:
+        lines += [regret_line, ""]
     spread = render_decision_spread(documents)
     if spread:
         lines += ["batchsage decided more than once (each decision trained on the grid's seeds; the "
@@ -159,6 +167,24 @@ def render_summary(documents: Sequence[dict[str, Any]]) -> str:
     lines.extend(f"- `{m}`" for m in sorted(machines))
     lines.append("")
     return "\n".join(lines)
+
+
+def _regret_line(documents: Sequence[dict[str, Any]]) -> str:
+    """batchsage's median and worst regret, per group where the tasks span more than one."""
+    by_group: dict[str, list[float]] = defaultdict(list)
+    for document in documents:
+        regret = document["strategies"].get("batchsage", {}).get("regret")
+        if regret is not None:
+            by_group[group_of(document["task"])].append(regret)
+    groups = [group for group in GROUP_ORDER if by_group[group]]
+    parts = [f"median regret {statistics.median(by_group[group]):.2f}, worst {max(by_group[group]):.2f} "
+             f"over {len(by_group[group])} task(s)" for group in groups]
+    if len(parts) <= 1:
+        return f"batchsage: {parts[0]}." if parts else ""
+    labels = {"development": "on the development tasks",
+              "evaluation": "on the evaluation tasks (never tuned on)", "other": "on other tasks"}
+    return "batchsage " + "; ".join(f"{labels[group]}: {part}"
+                                   for group, part in zip(groups, parts, strict=True)) + "."
 
 
 def render_decision_spread(documents: Sequence[dict[str, Any]]) -> str:

@@ -425,3 +425,17 @@ def test_top_up_trains_the_near_best_and_the_picks_on_more_seeds(tiny_task, tmp_
     assert saved["strategies"]["default32"]["runs"] == 3  # the pick on the same three seeds
     assert saved["best_heldout"]["seeds"] == [3]  # fresh: after the top-up seed
     assert saved["protocol"]["top_up_seeds"] == [2]
+
+
+def test_summary_orders_and_reports_the_task_groups_apart() -> None:
+    def document(task: str, regret: float) -> dict:
+        return {"task": task, "strategies": {"batchsage": {"regret": regret}}}
+
+    documents = [document("charlm", 1.2), document("linreg", 1.0), document("doclm", 1.5)]
+    line = summarize._regret_line(documents)
+    assert line == ("batchsage on the development tasks: median regret 1.10, worst 1.20 over 2 task(s); "
+                    "on the evaluation tasks (never tuned on): median regret 1.50, worst 1.50 "
+                    "over 1 task(s).")
+    single = summarize._regret_line(documents[:2])
+    assert single == "batchsage: median regret 1.10, worst 1.20 over 2 task(s)."
+    assert summarize.group_of("my-task") == "other"
