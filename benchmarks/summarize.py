@@ -162,6 +162,23 @@ def render_summary(documents: Sequence[dict[str, Any]]) -> str:
             diagnosis,
             "",
         ]
+    end_to_end = render_end_to_end(documents)
+    if end_to_end:
+        lines += [
+            "End to end: everything a strategy spent until the model reached the target, decision "
+            "included, ÷ the best fixed configuration's time to target (the headline: 1.00 would be "
+            "as fast as the best configuration found in hindsight, with no decision cost). "
+            "default32 and batchsage (recommend, then train): regret + decision cost. batchsage_fit: "
+            "every step of the kept run, the losing forks and the cooldowns priced at the ground "
+            "truth's t(B), plus the measured seconds of scoring, forking and memory probes (median "
+            "over seeds; in brackets the same on this run's clock, ÷ the best configuration re-trained "
+            "beside it). adaptive: the adaptive-batch controller from the task's base, steps × t(B). "
+            "ETA: |ETA − actual| ÷ actual remaining time, at 25 % of fit's run (median over seeds). "
+            "Produced by benchmarks/live_strategies.py.",
+            "",
+            end_to_end,
+            "",
+        ]
     machines = {json.dumps(d.get("machine", {}), sort_keys=True) for d in documents}
     lines.append("Machines:")
     lines.extend(f"- `{m}`" for m in sorted(machines))
@@ -185,6 +202,47 @@ def _regret_line(documents: Sequence[dict[str, Any]]) -> str:
               "evaluation": "on the evaluation tasks (never tuned on)", "other": "on other tasks"}
     return "batchsage " + "; ".join(f"{labels[group]}: {part}"
                                    for group, part in zip(groups, parts, strict=True)) + "."
+
+
+def render_end_to_end(documents: Sequence[dict[str, Any]]) -> str:
+    """Per task (development first): the end-to-end ratio of every strategy; medians per group."""
+    rows, by_group = [], defaultdict(lambda: defaultdict(list))
+    for document in documents:
+        strategies = document.get("strategies") or {}
+        fit = strategies.get("batchsage_fit")
+        if not fit:
+            continue
+        group = group_of(document["task"])
+        cells = {}
+        for name in ("default32", "batchsage", "batchsage_fit", "adaptive"):
+            value = (strategies.get(name) or {}).get("end_to_end")
+            cells[name] = value
+            if value is not None:
+                by_group[group][name].append(value)
+        measured = fit.get("end_to_end_measured")
+        eta = fit.get("eta_error_at_25_percent")
+        rows.append(
+            f"| {document['task']} | {group} | {document['best']['seconds_to_target']:.1f} s | "
+            f"{_ratio_text(cells['default32'])} | {_ratio_text(cells['batchsage'])} | "
+            f"{_ratio_text(cells['batchsage_fit'])} ({_ratio_text(measured)}) | "
+            f"{_ratio_text(cells['adaptive'])} | {'yes' if fit.get('beats_default32') else 'no'} | "
+            f"{'-' if eta is None else f'{eta:.0%}'} | {fit.get('reached_runs')}/{fit.get('runs')} |")
+    if not rows:
+        return ""
+    table = _markdown_table(["task", "group", "best fixed", "default32", "batchsage (recommend)",
+                             "batchsage_fit", "adaptive", "fit beats default32", "ETA error at 25 %",
+                             "fit reached"], rows)
+    medians = []
+    for group, values in by_group.items():
+        parts = [f"{name} {statistics.median(v):.2f} (worst {max(v):.2f})"
+                 for name, v in values.items() if v]
+        tasks = len(values.get("batchsage_fit", []))
+        medians.append(f"- {group} ({tasks} tasks), median: " + "; ".join(parts))
+    return table + "\n\n" + "\n".join(medians)
+
+
+def _ratio_text(value: float | None) -> str:
+    return "not reached" if value is None else f"{value:.2f}"
 
 
 def render_decision_spread(documents: Sequence[dict[str, Any]]) -> str:
