@@ -146,6 +146,8 @@ class FitResult:
     times: TimeBreakdown
     noise: list[dict[str, float]] = field(default_factory=list)
     options: dict[str, Any] = field(default_factory=dict)
+    #: Each decision point: where it was, the noise scale, the seconds its races could spend.
+    decisions: list[dict[str, Any]] = field(default_factory=list)
     #: Optimiser steps by batch size: {"kept": {B: steps of the kept run}, "discarded": {B: steps
     #: of losing forks and cooldowns}} (batch sizes as strings, as JSON keys are).
     steps_by_batch: dict[str, dict[str, int]] = field(default_factory=dict)
@@ -572,6 +574,7 @@ class _Controller:
             model_path=str(self.out / MODEL_NAME) if self.out else None,
             checkpoint_path=str(self.out / CHECKPOINT_NAME) if self.out else None,
             resumed=self.resumed, model=live.model, steps_by_batch=self._steps_by_batch(),
+            decisions=list(self.decisions),
         )
 
     def _steps_by_batch(self) -> dict[str, dict[str, int]]:
@@ -651,6 +654,8 @@ class _Controller:
             "next_decision_seconds": self.next_decision_seconds,
             "diverged_lr": self.diverged_lr, "memory_ceiling": self.memory_ceiling,
             "fits_up_to": self.fits_up_to, "resumed": self.resumed, "options": asdict(self.options),
+            "val_loss_log": self.val_loss_log, "loss_metric_pairs": self.loss_metric_pairs,
+            "decisions": self.decisions,
             "wall_seconds": self._wall_before + (time.perf_counter() - self._run_started),
         }
         save_checkpoint(self.out / CHECKPOINT_NAME, self.task, self.live.state_dict(), controller)
@@ -668,6 +673,9 @@ class _Controller:
         self.diverged_lr = controller["diverged_lr"]
         self.memory_ceiling = controller["memory_ceiling"]
         self.fits_up_to = int(controller["fits_up_to"])
+        self.val_loss_log = [tuple(point) for point in controller["val_loss_log"]]  # type: ignore[misc]
+        self.loss_metric_pairs = [tuple(pair) for pair in controller["loss_metric_pairs"]]  # type: ignore[misc]
+        self.decisions = controller["decisions"]
         self.resumed = int(controller["resumed"]) + 1
         self._wall_before = float(controller["wall_seconds"])
 
