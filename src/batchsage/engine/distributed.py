@@ -22,9 +22,10 @@ or from Python, :func:`launch` (a function on each worker) inside one script. Th
   rank therefore records the same history and stops at the same step.
 - :class:`CrossWorkerNoise`: the gradient noise scale for free. Each rank's local gradient is a
   small batch (b = B/K) and the all-reduced gradient the large one (B): a DDP communication hook
-  reads |g_local|² from the bucket before it is reduced, and one all-reduce of a scalar per
-  measured step gives the ranks' mean; McCandlish's two-batch estimators do the rest. No extra
-  forward or backward pass. With accumulation, DDP's hook fires only on the synchronising
+  reads |g_local|² from the bucket before it is reduced, and the run's end-of-step all-reduce
+  carries it (one more number in a collective the step makes anyway) to give the ranks' mean;
+  McCandlish's two-batch estimators do the rest. No extra forward or backward pass, no extra
+  collective. With accumulation, DDP's hook fires only on the synchronising
   micro-batch, when the bucket holds the rank's whole accumulated gradient: still one local
   gradient of B/K samples per rank.
 
@@ -233,14 +234,14 @@ class CrossWorkerNoise(TrainingHook):
     Pass it in a :class:`DataParallelRun`'s hooks; the run registers :meth:`comm_hook` as its DDP
     communication hook. On a measured step (every ``every`` steps, the same steps on every rank)
     the hook adds up |g_local|² over the buckets before they are all-reduced; after the backward
-    pass ``on_gradients`` reads |G|² of the reduced gradient and all-reduces the local value, and
-    McCandlish's unbiased two-batch estimators give |G|² and tr Σ
+    pass ``on_gradients`` reads |G|² of the reduced gradient, the run's end-of-step all-reduce sums
+    the local values (:meth:`pending_scalars`, :meth:`finish_step`), and McCandlish's unbiased
+    two-batch estimators give |G|² and tr Σ
     (:func:`batchsage.noise.step_estimates`, K equal micro-batches of size B/K). Estimates are
     averaged as :class:`~batchsage.noise.NoiseStatistics` does (numerator and denominator apart).
 
     Args:
-        every: measure every this many steps (1: every step; the cost is a few vector norms and
-            one all-reduce of one number).
+        every: measure every this many steps (1: every step; the cost is two vector norms).
         ema, window, report_every, seed: averaging, as :class:`~batchsage.noise.NoiseStatistics`.
         dataset_size: training samples N, for the finite-population correction of |G|².
     """
@@ -257,6 +258,7 @@ class CrossWorkerNoise(TrainingHook):
         self._measuring = False
         self._local_sq: torch.Tensor | None = None
         self._buckets = 0
+        self._pending: tuple[int, int, float, float] | None = None
 
     # ---- the DDP communication hook -------------------------------------------------------------
 
@@ -283,26 +285,36 @@ class CrossWorkerNoise(TrainingHook):
         return accumulation_steps
 
     def on_gradients(self, model: nn.Module, state: TrainState, loss: float) -> None:
+        self.statistics.add_loss(state.step, loss)
         if not self._measuring:
             return
-        from batchsage.noise import Measurement, step_estimates
-
         self._measuring = False
-        world_size = dist.get_world_size()
         local = float(self._local_sq) if self._local_sq is not None else math.nan
         grads = [p.grad.detach().reshape(-1).float() for p in model.parameters() if p.grad is not None]
         global_sq = float(sum(torch.dot(g, g).double() for g in grads)) if grads else math.nan
-        # Every rank takes part in the all-reduce, so a non-finite value anywhere is seen everywhere.
-        total_local, = all_reduce_sum([local])
-        self.statistics.add_loss(state.step, loss)
-        mean_local = total_local / world_size
-        if not (math.isfinite(mean_local) and math.isfinite(global_sq)):
+        self._pending = (state.step, state.batch_size, local, global_sq)
+
+    def pending_scalars(self) -> list[float]:
+        """This rank's |g_local|² of the step just taken, for the run's end-of-step all-reduce
+        (empty on steps not measured: the same steps on every rank)."""
+        return [] if self._pending is None else [self._pending[2]]
+
+    def finish_step(self, total_local_sq: float, world_size: int) -> None:
+        """Record the step measured, given the sum over ranks of |g_local|² (from the all-reduce)."""
+        from batchsage.noise import Measurement, step_estimates
+
+        if self._pending is None:
             return
-        small = state.batch_size // world_size
+        step, batch_size, _local, global_sq = self._pending
+        self._pending = None
+        mean_local = total_local_sq / world_size
+        if not (math.isfinite(mean_local) and math.isfinite(global_sq)):
+            return  # a non-finite value on any rank makes the sum non-finite on all of them
+        small = batch_size // world_size
         # K equal local batches: the mean of their |g|² is all the two-batch estimator needs.
         gsq, trace, _ = step_estimates([mean_local] * world_size, [small] * world_size, global_sq,
                                        self.dataset_size)
-        self.statistics.add(Measurement(state.step, gsq, trace, state.batch_size, float(small)))
+        self.statistics.add(Measurement(step, gsq, trace, batch_size, float(small)))
 
     # ---- what callers read ----------------------------------------------------------------------
 
@@ -355,10 +367,11 @@ class DataParallelRun(Run):
         noise_hooks = [hook for hook in hooks if isinstance(hook, CrossWorkerNoise)]
         if len(noise_hooks) > 1:
             raise ConfigError("one CrossWorkerNoise per run (DDP takes one communication hook)")
-        if noise_hooks:
+        self.noise: CrossWorkerNoise | None = noise_hooks[0] if noise_hooks else None
+        if self.noise is not None:
             if self.world_size < 2:
                 raise ConfigError("the noise scale across workers needs at least 2 workers")
-            self.ddp.register_comm_hook(None, noise_hooks[0].comm_hook)
+            self.ddp.register_comm_hook(None, self.noise.comm_hook)
 
     def set_batch(self, batch_size: int, accumulation_steps: int = 1) -> None:
         check_world_size(self.world_size, batch_size, accumulation_steps)
@@ -372,9 +385,13 @@ class DataParallelRun(Run):
 
     def _timed_step(self) -> tuple[float, float]:
         loss, seconds = super()._timed_step()
-        # The global batch's mean loss (equal shares), and rank 0's seconds: one all-reduce.
+        # One all-reduce per step: the global batch's mean loss (equal shares), rank 0's seconds,
+        # and on a measured step the cross-worker noise scale's |g_local|².
+        extra = self.noise.pending_scalars() if self.noise is not None else []
         main_seconds = seconds if self.rank == 0 else 0.0
-        total_loss, main_seconds = all_reduce_sum([loss / self.world_size, main_seconds])
+        total_loss, main_seconds, *sums = all_reduce_sum([loss / self.world_size, main_seconds, *extra])
+        if self.noise is not None and sums:
+            self.noise.finish_step(sums[0], self.world_size)
         return total_loss, main_seconds
 
     def _measure_metric(self) -> float:
