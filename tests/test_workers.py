@@ -36,11 +36,12 @@ def _compute(b: float) -> float:
 
 
 def _timings(network: float, gamma: float, workers: tuple[int, ...] = (2,),
-             beta: float = 0.0) -> list[StepTiming]:
+             beta: float = 0.0, slowdown: float = 1.0) -> list[StepTiming]:
     rows = [StepTiming(1, b, _compute(b), 20) for b in SIZES]
     for k in workers:
         t_n = network * 2 * (k - 1) / k + beta * (k - 2)
-        rows += [StepTiming(k, b, (_compute(b) ** gamma + t_n**gamma) ** (1 / gamma), 20) for b in SIZES]
+        rows += [StepTiming(k, b, ((slowdown * _compute(b)) ** gamma + t_n**gamma) ** (1 / gamma), 20)
+                 for b in SIZES]
     return rows
 
 
@@ -49,10 +50,19 @@ def test_fit_recovers_a_known_step_time_model() -> None:
     assert model.network_seconds == pytest.approx(2e-3, rel=0.02)
     assert model.gamma == pytest.approx(2.0, rel=0.05)
     assert model.retrogression_seconds == 0.0 and model.measured_workers == (1, 2)
+    assert model.compute_slowdown == pytest.approx(1.0, abs=0.02)
     assert model(1, 64, 3) == pytest.approx(3 * _compute(64), rel=1e-6)  # accumulation, no all-reduce
     # Four workers: the ring all-reduce sends 1.5× what two do; accumulation adds plain passes.
     expected = 2 * _compute(32) + math.hypot(_compute(32), 1.5 * 2e-3)
     assert model(4, 32, 3) == pytest.approx(expected, rel=0.03)
+
+
+def test_fit_separates_a_slower_compute_from_communication() -> None:
+    # Two workers sharing the cores: each computes 1.5× slower, and the all-reduce costs 1 ms.
+    model = fit_step_time(_timings(network=1e-3, gamma=1.0, slowdown=1.5))
+    assert model.compute_slowdown == pytest.approx(1.5, rel=0.03)
+    assert model.network_seconds == pytest.approx(1e-3, rel=0.05)
+    assert model(2, 512) == pytest.approx(1.5 * _compute(512) + 1e-3, rel=0.02)
 
 
 def test_fit_finds_retrogression_only_when_more_than_two_workers_were_timed() -> None:

@@ -65,7 +65,8 @@ def workers_command(
     model = result.step_time
     console.print(
         f"Step time model: all-reduce {model.network_seconds * 1000:.3g} ms at 2 workers, overlap γ "
-        f"{model.gamma:.2f}; K beyond {max(model.measured_workers)} extrapolated (one device per worker, "
+        f"{model.gamma:.2f}, a worker computes {model.compute_slowdown:.2f}× slower among several than "
+        f"alone; K beyond {max(model.measured_workers)} extrapolated (one device per worker, "
         f"ring all-reduce). Rule: {result.rule}.", highlight=False, soft_wrap=True)
     accumulation = f" --accumulation {result.accumulation_steps}" if result.accumulation_steps > 1 else ""
     warmup = f" --warmup-steps {result.warmup_steps}" if result.warmup_steps else ""

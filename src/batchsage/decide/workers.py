@@ -8,7 +8,8 @@ little speed, and each costs as much as the first.
 The step-time model follows AdaptDL's (Qiao et al. 2021, ``goodput.py``): compute and
 communication are measured apart and combined with a fitted degree of overlap,
 
-    t(K, micro, acc) = (acc − 1)·t_c(micro) + (t_c(micro)^γ + t_n(K)^γ)^(1/γ),   t_n(1) = 0,
+    t(K, micro, acc) = (acc − 1)·c·t_c(micro) + ((c·t_c(micro))^γ + t_n(K)^γ)^(1/γ),   K > 1,
+    t(1, micro, acc) = acc·t_c(micro),
 
 where ``t_c`` is the one-process step time (batchsage's one step-time model,
 :func:`batchsage.plan.step_time_model`, on steps measured at K = 1), γ ∈ [1, 10] the overlap
@@ -16,7 +17,11 @@ where ``t_c`` is the one-process step time (batchsage's one step-time model,
 the all-reduce: a ring all-reduce sends 2(K−1)/K of the gradient per worker, and β ≥ 0 is
 AdaptDL's "retrogression" with the number of workers, fitted only when a K > 2 was measured
 (else 0: the bandwidth term alone, an optimistic extrapolation). Accumulated micro-batches do
-not communicate (``no_sync``), hence their plain ``t_c``.
+not communicate (``no_sync``). ``c`` ≥ 1 is not in AdaptDL's model: how much slower a worker
+computes when K run at once than one alone (workers sharing cores or memory bandwidth, as
+processes on one CPU do; about 1 for one GPU per worker). It grows with the batch where the
+all-reduce does not, so the timings at several batch sizes tell them apart; it is fitted at the
+measured K and kept for larger K.
 
 :func:`measure_worker_step_times` times steps at K = 1 and at each measured K on this machine,
 interleaved (K = 1 on rank 0 while the other ranks wait, then all ranks), in one launch of
@@ -78,6 +83,7 @@ class ParallelStepTime:
 
     Attributes:
         compute_sizes, compute_seconds: the K = 1 measurements ``t_c`` interpolates.
+        compute_slowdown: ``c``, a worker's compute time among K ÷ alone (≥ 1).
         network_seconds: ``a``, the all-reduce's seconds at K = 2.
         retrogression_seconds: ``β``, extra seconds per worker beyond 2 (0 unless fitted).
         gamma: overlap of compute and communication, in [1, 10].
@@ -90,6 +96,7 @@ class ParallelStepTime:
     retrogression_seconds: float
     gamma: float
     measured_workers: tuple[int, ...]
+    compute_slowdown: float = 1.0
 
     def compute(self) -> Callable[[float], float]:
         return plan.step_time_model(list(self.compute_sizes), list(self.compute_seconds))
@@ -104,6 +111,7 @@ class ParallelStepTime:
         compute = self.compute()(micro_batch_size)
         if workers <= 1:
             return accumulation_steps * compute
+        compute *= self.compute_slowdown
         return (accumulation_steps - 1) * compute + _overlap(compute, self.network(workers), self.gamma)
 
 
@@ -112,9 +120,10 @@ def _overlap(compute: float, network: float, gamma: float) -> float:
 
 
 def fit_step_time(timings: Sequence[StepTiming]) -> ParallelStepTime:
-    """Fit a, γ (and β when a K > 2 was timed) to log step times; t_c from the K = 1 timings.
+    """Fit a, γ, c (and β when a K > 2 was timed) to log step times; t_c from the K = 1 timings.
 
-    Least squares on log seconds (AdaptDL fits the same way), γ bounded to [1, 10], a and β ≥ 0.
+    Least squares on log seconds (AdaptDL fits the same way), γ and c bounded to [1, 10], a and
+    β ≥ 0; c stays 1 unless several workers were timed at three or more batch sizes.
     Raises ConfigError without K = 1 timings or without timings at more than one worker.
     """
     single = sorted((t.micro_batch_size, t.step_seconds) for t in timings if t.workers == 1)
@@ -127,6 +136,7 @@ def fit_step_time(timings: Sequence[StepTiming]) -> ParallelStepTime:
     seconds = tuple(value for _, value in single)
     compute = plan.step_time_model(list(sizes), list(seconds))
     has_retrogression = any(t.workers > 2 for t in multi)
+    has_slowdown = len({t.micro_batch_size for t in multi}) >= 3
     t_c = np.array([compute(t.micro_batch_size) for t in multi])
     measured = np.array([t.step_seconds for t in multi])
     ring = np.array([ring_factor(t.workers) for t in multi])
@@ -137,12 +147,13 @@ def fit_step_time(timings: Sequence[StepTiming]) -> ParallelStepTime:
     def residuals(params: np.ndarray) -> np.ndarray:
         network = math.exp(params[0]) * ring + (params[2] * beyond if has_retrogression else 0.0)
         gamma = params[1]
-        predicted = (t_c**gamma + network**gamma) ** (1.0 / gamma)
+        compute = t_c * (params[3] if has_slowdown else 1.0)
+        predicted = (compute**gamma + network**gamma) ** (1.0 / gamma)
         return np.log(predicted) - np.log(measured)
 
-    lower = [math.log(1e-9), GAMMA_BOUNDS[0], 0.0]
-    upper = [math.log(1e4), GAMMA_BOUNDS[1], 1e4]
-    x0 = [math.log(start_network), 1.0 + 1e-3, 0.0]
+    lower = [math.log(1e-9), GAMMA_BOUNDS[0], 0.0, 1.0]
+    upper = [math.log(1e4), GAMMA_BOUNDS[1], 1e4, 10.0]
+    x0 = [math.log(start_network), 1.0 + 1e-3, 0.0, 1.0 + 1e-3]
     fitted = least_squares(residuals, x0, bounds=(lower, upper))
     network_seconds = math.exp(float(fitted.x[0]))
     if network_seconds < 1e-8:
@@ -154,6 +165,7 @@ def fit_step_time(timings: Sequence[StepTiming]) -> ParallelStepTime:
         retrogression_seconds=float(fitted.x[2]) if has_retrogression else 0.0,
         gamma=float(fitted.x[1]),
         measured_workers=tuple(sorted({1, *(t.workers for t in multi)})),
+        compute_slowdown=float(fitted.x[3]) if has_slowdown else 1.0,
     )
 
 
@@ -440,8 +452,8 @@ class WorkersRecommendation:
             "rule": self.rule, "min_efficiency": self.min_efficiency,
             "options": [option.to_dict() for option in self.options],
             "step_time_model": {**asdict(self.step_time),
-                                "formula": "t = (acc-1)*t_c(micro) + (t_c^gamma + t_n(K)^gamma)^(1/gamma), "
-                                           "t_n(K) = a*2(K-1)/K + beta*(K-2)"},
+                                "formula": "t = (acc-1)*c*t_c(micro) + ((c*t_c)^gamma + t_n(K)^gamma)"
+                                           "^(1/gamma), t_n(K) = a*2(K-1)/K + beta*(K-2), K > 1"},
             "model_check": self.model_check,
             "measurement": self.measurement.to_dict(),
         }
