@@ -26,3 +26,4 @@ from batchsage.cli import fit as _fit  # noqa: E402,F401
 from batchsage.cli import sweep as _sweep  # noqa: E402,F401
 from batchsage.cli import noise as _noise  # noqa: E402,F401
 from batchsage.cli import probe as _probe  # noqa: E402,F401
+from batchsage.cli import workers as _workers  # noqa: E402,F401

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -31,8 +32,14 @@ MEMORY_MARGIN_HELP = ("fraction of the memory budget the ceiling keeps free (run
                       "a peak, other buffers)")
 
 
+#: Commands that run on every worker of a data-parallel launch (torchrun); the others decide in
+#: one process, and say so there.
+DISTRIBUTED_COMMANDS = ("train", "tasks")
+
+
 @app.callback()
 def configure(
+    ctx: typer.Context,
     threads: int | None = typer.Option(
         None, "--threads", min=1,
         help="CPU threads for torch (default: torch's choice). On a machine shared with other "
@@ -44,6 +51,42 @@ def configure(
         from batchsage.device import set_cpu_threads
 
         set_cpu_threads(threads)
+    if "WORLD_SIZE" in os.environ:
+        _configure_rank(ctx.invoked_subcommand)
+
+
+_SINGLE_PROCESS = {
+    "recommend": "measures and decides in one process",
+    "fit": "races forks of one live run, in one process",
+    "workers": "launches its own worker processes",
+    "sweep": "runs each trial in one process (start several sweep processes on one storage instead)",
+}
+
+
+def _configure_rank(command: str | None) -> None:
+    """Under torchrun: rank 0 speaks for all ranks; commands that decide in one process refuse."""
+    from batchsage.engine.distributed import launched_world, wait_for_main_rank
+
+    try:
+        world = launched_world()
+    except BatchsageError as exc:
+        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+    if world is None:
+        return
+    if not world.is_main:
+        console.quiet = True
+        err_console.quiet = True
+    if world.world_size > 1 and command not in DISTRIBUTED_COMMANDS:
+        why = _SINGLE_PROCESS.get(command or "", "runs in one process")
+        err_console.print(
+            f"[bold red]error:[/] batchsage {command} {why}, not on {world.world_size} torchrun workers: "
+            "run it without torchrun, then train data-parallel with `batchsage train --nproc K` "
+            "or torchrun (docs/scale.md)",
+            highlight=False, soft_wrap=True,
+        )
+        wait_for_main_rank()
+        raise typer.Exit(2)
 
 
 def start_command(command: str, task_spec: str, device: str) -> tuple[Task, Device]:
@@ -66,6 +109,10 @@ def reports_errors(func: F) -> F:
             return func(*args, **kwargs)
         except BatchsageError as exc:
             err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            if "WORLD_SIZE" in os.environ:  # under torchrun: let rank 0 say it before the launcher
+                from batchsage.engine.distributed import wait_for_main_rank  # stops the others
+
+                wait_for_main_rank()
             raise typer.Exit(getattr(exc, "exit_code", 2)) from None
         except KeyboardInterrupt:
             err_console.print("interrupted", highlight=False)

@@ -11,7 +11,7 @@ from rich.table import Table
 
 from batchsage.cli._app import TASK_HELP, app, console, fmt, reports_errors, start_command
 from batchsage.device import DEVICE_HELP
-from batchsage.errors import BatchsageError
+from batchsage.errors import BatchsageError, ConfigError
 from batchsage.jsonio import write_json
 
 
@@ -66,6 +66,7 @@ def tasks(as_json: bool = typer.Option(False, "--json", help="print JSON instead
 @app.command("train")
 @reports_errors
 def train_command(
+    ctx: typer.Context,
     task: str = typer.Option(..., "--task", help=TASK_HELP),
     batch_size: int = typer.Option(..., "--batch-size", help="global batch per optimiser step"),
     lr: float = typer.Option(..., "--lr", help="peak learning rate"),
@@ -81,10 +82,41 @@ def train_command(
     max_steps: int | None = typer.Option(None, "--max-steps", min=1,
                                          help="stop after this many optimiser steps (the task's "
                                          "sample budget applies too)"),
+    nproc: int | None = typer.Option(
+        None, "--nproc", min=1, help="train data-parallel on this many worker processes of this machine "
+        "(torch's launcher, as torchrun --standalone --nproc-per-node N); --batch-size stays global"),
 ) -> None:
-    """Train one (batch size, lr) to the task's target and report time to target."""
-    from batchsage.engine import train, validate_run_args
+    """Train one (batch size, lr) to the task's target and report time to target.
 
+    Data-parallel: `--nproc K`, or `torchrun --standalone --nproc-per-node K -m batchsage train ...`
+    (the batch size is global: K workers × per-worker batch × accumulation).
+    """
+    from batchsage.engine import train, validate_run_args
+    from batchsage.engine.distributed import check_world_size, launched_world
+
+    world = launched_world()
+    if nproc is not None and world is not None:
+        raise ConfigError("--nproc launches its own workers; under torchrun the world size is "
+                          "torchrun's --nproc-per-node: drop --nproc")
+    workers = nproc if nproc is not None else (world.world_size if world is not None else 1)
+    if workers > 1:
+        if adaptive:
+            raise ConfigError("--adaptive is not supported data-parallel yet: train adaptively in one "
+                              "process, or data-parallel at a fixed batch size")
+        check_world_size(workers, batch_size, accumulation)
+    if nproc is not None and nproc > 1:
+        from batchsage.engine.distributed import World, rank_device
+        from batchsage.task import load_task
+
+        validate_run_args(load_task(task), batch_size, lr, accumulation, warmup_steps)
+        rank_device(device, World(nproc - 1, nproc, nproc - 1))  # a GPU for every worker, if on GPUs
+        _launch_workers(ctx, nproc, task, batch_size, lr, accumulation, warmup_steps, seed, device,
+                        json_path, max_steps)
+        return
+    if world is not None and world.world_size > 1:
+        _train_data_parallel(task, batch_size, lr, accumulation, warmup_steps, seed, device, json_path,
+                             max_steps)
+        return
     loaded, dev = start_command("train", task, device)
     validate_run_args(loaded, batch_size, lr, accumulation, warmup_steps)
     controller = None
@@ -103,12 +135,87 @@ def train_command(
         for key, value in result.to_dict().items()
         if key in TRAIN_JSON_KEYS
     }
+    document.update(world_size=1, per_rank_batch_size=batch_size)
     if controller is not None:
         document["schedule"] = controller.schedule_dicts()
     _print_train_result(document, loaded.metric_name)
     if controller is not None:
         console.print(controller.describe(), highlight=False)
     write_json(json_path, document)
+
+
+def _launch_workers(ctx: typer.Context, nproc: int, task: str, batch_size: int, lr: float,
+                    accumulation: int, warmup_steps: int, seed: int | None, device: str,
+                    json_path: Path | None, max_steps: int | None) -> None:
+    """``train`` again on ``nproc`` workers (each a ``python -m batchsage train`` under torchrun's
+    environment, started by torch's elastic launcher); exit with the first failed worker's code."""
+    from batchsage.engine.distributed import launch_command
+
+    threads = ctx.find_root().params.get("threads") or 1
+    argv = ["--threads", str(threads), "train", "--task", task, "--batch-size", str(batch_size),
+            "--lr", repr(float(lr)), "--accumulation", str(accumulation), "--warmup-steps", str(warmup_steps),
+            "--device", device]
+    if seed is not None:
+        argv += ["--seed", str(seed)]
+    if json_path is not None:
+        argv += ["--json", str(json_path.resolve())]
+    if max_steps is not None:
+        argv += ["--max-steps", str(max_steps)]
+    console.print(f"[bold]batchsage train[/] launching {nproc} workers ({threads} torch "
+                  f"thread{'s' if threads > 1 else ''} each)", highlight=False)
+    code = launch_command(argv, nproc, threads=threads)
+    if code:
+        raise typer.Exit(code)
+
+
+def _train_data_parallel(task: str, batch_size: int, lr: float, accumulation: int, warmup_steps: int,
+                         seed: int | None, device: str, json_path: Path | None,
+                         max_steps: int | None) -> None:
+    """This rank's part of a data-parallel ``train`` (under torchrun); rank 0 reports."""
+    from batchsage.engine import validate_run_args
+    from batchsage.engine.distributed import (
+        CrossWorkerNoise,
+        backend_for,
+        launched_world,
+        process_group,
+        rank_device,
+        train_data_parallel,
+    )
+    from batchsage.task import load_task
+
+    world = launched_world()
+    assert world is not None
+    loaded = load_task(task)
+    validate_run_args(loaded, batch_size, lr, accumulation, warmup_steps)
+    dev = rank_device(device, world)
+    backend = backend_for(dev)
+    console.print(f"[bold]batchsage train[/] {loaded.name} data-parallel on {world.world_size} workers "
+                  f"({backend}, {dev.type})", highlight=False)
+    noise = CrossWorkerNoise(dataset_size=loaded.num_train_samples, ema=None)
+    split = f"{world.world_size} × {batch_size // world.world_size}"
+    with process_group(world, dev), console.status(f"training {loaded.name} at B={batch_size} ({split}), "
+                                                   f"lr={lr:g}"):
+        result = train_data_parallel(loaded, batch_size, lr, accumulation_steps=accumulation,
+                                     warmup_steps=warmup_steps, seed=seed, device=dev,
+                                     hooks=[noise], max_steps=max_steps)
+    if not world.is_main:
+        return
+    document = {key: value for key, value in result.to_dict().items() if key in TRAIN_JSON_KEYS}
+    document.update(world_size=world.world_size, per_rank_batch_size=batch_size // world.world_size,
+                    backend=backend, device=dev.type, noise_scale=_noise_document(noise))
+    _print_train_result(document, loaded.metric_name)
+    write_json(json_path, document)
+
+
+def _noise_document(noise: Any) -> dict[str, Any] | None:
+    """The cross-worker noise scale of the whole run (every step measured, averaged over all)."""
+    estimate = noise.estimate()
+    if estimate is None:
+        return None
+    return {"b_simple": estimate.b_simple, "ci95": list(estimate.ci95) if estimate.ci95 else None,
+            "trace_sigma": estimate.trace_sigma, "grad_norm_sq": estimate.grad_norm_sq,
+            "measurements": estimate.measurements, "per_rank_batch_size": estimate.micro_batch_size,
+            "method": "cross-worker (local vs all-reduced gradient)"}
 
 
 TRAIN_JSON_KEYS = (

@@ -24,7 +24,7 @@ import math
 import statistics
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -110,9 +110,14 @@ def accumulate_gradients(
     sizes = [batch_len(micro) for micro in micro_batches]
     total = sum(sizes)
     loss_sum = 0.0
+    # A model that synchronises gradients across processes (DistributedDataParallel) does it once,
+    # on the last micro-batch: the others accumulate locally inside its no_sync().
+    no_sync = getattr(model, "no_sync", None)
     for index, (micro, size) in enumerate(zip(micro_batches, sizes, strict=True)):
-        loss = loss_fn(model, micro)
-        (loss * (size / total)).backward()
+        deferred = no_sync is not None and index < len(micro_batches) - 1
+        with no_sync() if deferred else nullcontext():
+            loss = loss_fn(model, micro)
+            (loss * (size / total)).backward()
         loss_sum += float(loss.detach()) * size
         if on_micro_backward is not None:
             on_micro_backward(index, parts, size)
@@ -346,7 +351,7 @@ class Run:
         with self.activated():
             self.device.synchronize()
             start = time.perf_counter()
-            metric = evaluate(self.task, self.model)
+            metric = self._measure_metric()
             self.device.synchronize()
             self.eval_seconds += time.perf_counter() - start
         state = self.state
@@ -361,6 +366,10 @@ class Run:
         for hook in self.hooks:
             hook.on_eval(state, metric)
         return point
+
+    def _measure_metric(self) -> float:
+        """The task's metric of the model now (a data-parallel run measures it once, on rank 0)."""
+        return evaluate(self.task, self.model)
 
     def _due_for_validation(self, max_samples: int) -> bool:
         samples = self.state.samples

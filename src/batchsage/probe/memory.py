@@ -493,6 +493,10 @@ class AllocatorPeakMeter:
 def make_meter(task: Task, device: Device) -> StepMemoryMeter:
     """The meter for ``device``: a forked child on CPU, the allocator's statistics elsewhere."""
     if device.type == "cpu":
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            raise ConfigError("the CPU memory probe forks a child per measurement, which is unsafe once a "
+                              "torch.distributed process group exists: probe memory in one process before "
+                              "launching the workers (batchsage recommend or probe)")
         return ForkedPeakRSSMeter(task)
     return AllocatorPeakMeter(task, device)
 
