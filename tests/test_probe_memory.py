@@ -473,3 +473,14 @@ def test_a_task_with_a_source_has_its_ceiling_checked_in_a_fresh_process(fixture
     assert final["fits"] and final["batch_size"] == profile.max_batch_size
     assert final["peak_bytes"] <= profile.effective_budget_bytes  # held by the process a user trains in
     assert any(note.startswith("checked in a fresh training process") for note in profile.notes)
+
+
+def test_a_data_set_ceiling_near_the_budget_is_checked_in_a_fresh_process() -> None:
+    from batchsage.probe.memory import _needs_fresh_check
+
+    # memory sets the ceiling: always checked
+    assert _needs_fresh_check(ceiling=500, cap=1000, fixed=10 * MiB, per_sample=1.0, budget=1024 * MiB)
+    # the data set sets it, and the line puts its step far under the budget: not checked
+    assert not _needs_fresh_check(ceiling=1000, cap=1000, fixed=300 * MiB, per_sample=1024.0, budget=8192 * MiB)
+    # the data set sets it, but the fixed bytes alone are most of the budget (linreg at a tight budget)
+    assert _needs_fresh_check(ceiling=16384, cap=16384, fixed=300 * MiB, per_sample=512.0, budget=400 * MiB)

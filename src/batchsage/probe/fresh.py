@@ -9,7 +9,7 @@ the forked child peaked at 886 MiB at B=1491, a fresh process training the same 
 MiB, 8-10 % more.
 
 So where memory sets the ceiling, the ceiling is checked by what it promises: a fresh process
-(``python -m batchsage.probe.fresh``) loads the task from its source (a built-in name or
+(``python -m batchsage.probe.fresh``, with the command-line trainer's modules imported) loads the task from its source (a built-in name or
 ``file.py:ATTR``), trains steps at the batch size through the engine until its peak resident
 memory stops growing, validates once, and reports its whole peak (VmHWM). A task object built in
 Python (a notebook) has no source to load in another process; there the user trains in this very
@@ -75,6 +75,9 @@ def main(argv: list[str] | None = None) -> int:  # pragma: no cover - runs in th
         resource.setrlimit(resource.RLIMIT_DATA, (args.limit_bytes, hard))
         import torch
 
+        # The command-line trainer's own imports (typer, rich, the report's modules) hold about
+        # 10 MiB of the process that trains: the fresh process carries them too.
+        import batchsage.cli  # noqa: F401
         from batchsage.device import Device, is_out_of_memory
         from batchsage.probe.memory import run_training_steps
         from batchsage.task import load_task
