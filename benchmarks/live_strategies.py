@@ -151,8 +151,7 @@ def score(document: dict[str, Any], runs: list[dict[str, Any]]) -> dict[str, dic
             "reached_runs": sum(r["reached_target"] for r in by["batchsage_fit"]),
             "runs": len(by["batchsage_fit"]),
             "eta_error_at_25_percent": statistics.median(etas) if etas else None,
-            "beats_default32": (default32.get("seconds_to_target") is not None
-                                and fit_clock_free < default32["seconds_to_target"]),
+            "beats_default32": beats(fit_clock_free, default32, best_seconds),
             "waste_share": _waste_share(by["batchsage_fit"], step_seconds),
             "final_configs": [(r["final_batch_size"], r["final_lr"]) for r in by["batchsage_fit"]],
         },
@@ -166,6 +165,15 @@ def score(document: dict[str, Any], runs: list[dict[str, Any]]) -> dict[str, dic
                        "ratio_to_grid_best": _ratio(best_measured, best_seconds)},
     }
     return results
+
+
+def beats(seconds: float, default32: dict[str, Any], best_seconds: float) -> bool:
+    """Whether ``seconds`` is less than default32's time, or than the bound default32's cut runs
+    had already passed when they were stopped before the target."""
+    if default32.get("seconds_to_target") is not None:
+        return seconds < default32["seconds_to_target"]
+    at_least = default32.get("regret_at_least")
+    return at_least is not None and seconds < at_least * best_seconds
 
 
 def _waste_share(runs: list[dict[str, Any]], step_seconds: Callable[[int], float]) -> float | None:
@@ -191,11 +199,14 @@ def _finite(value: float) -> float | None:
 
 
 def add_end_to_end(strategies: dict[str, dict[str, Any]]) -> None:
-    """``end_to_end`` = regret + decision cost for the strategies that decide before training."""
+    """``end_to_end`` = regret + decision cost for the strategies that decide before training
+    (``end_to_end_at_least`` where the runs were cut before the target)."""
     for result in strategies.values():
-        if "regret" in result and "end_to_end" not in result:
+        if "regret" in result and result.get("end_to_end") is None:
             regret, cost = result.get("regret"), result.get("decision_cost") or 0.0
             result["end_to_end"] = regret + cost if regret is not None else None
+            if regret is None and result.get("regret_at_least") is not None:
+                result["end_to_end_at_least"] = result["regret_at_least"] + cost
 
 
 def main(argv: Sequence[str] | None = None) -> int:

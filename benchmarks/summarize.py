@@ -75,8 +75,11 @@ def machine_label(machine: dict[str, Any]) -> str:
 
 def render_table(documents: Sequence[dict[str, Any]]) -> str:
     """The Markdown table: one row per task, one column per strategy."""
-    names = [n for n in STRATEGY_ORDER if any(n in d["strategies"] for d in documents)]
-    names += sorted({n for d in documents for n in d["strategies"]} - set(names))
+    # Fixed-configuration strategies only: fit and the adaptive controller, which change B as they
+    # train, are in the end-to-end table.
+    fixed = {n for d in documents for n, r in d["strategies"].items() if "batch_size" in r}
+    names = [n for n in STRATEGY_ORDER if n in fixed]
+    names += sorted(fixed - set(names))
     header = ["task", "best (B, lr, s to target)", "best on fresh seeds", *names, "goal met", "date",
               "machine"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -174,6 +177,8 @@ def render_summary(documents: Sequence[dict[str, Any]]) -> str:
             "over seeds; in brackets the same on this run's clock, ÷ the best configuration re-trained "
             "beside it). adaptive: the adaptive-batch controller from the task's base, steps × t(B). "
             "ETA: |ETA − actual| ÷ actual remaining time, at 25 % of fit's run (median over seeds). "
+            "\"≥ x\": the runs were cut at 3× the best time before the target; x is the ratio they had "
+            "passed (medians and worsts that include one are lower bounds). "
             "Produced by benchmarks/live_strategies.py.",
             "",
             end_to_end,
@@ -215,10 +220,13 @@ def render_end_to_end(documents: Sequence[dict[str, Any]]) -> str:
         group = group_of(document["task"])
         cells = {}
         for name in ("default32", "batchsage", "batchsage_fit", "adaptive"):
-            value = (strategies.get(name) or {}).get("end_to_end")
-            cells[name] = value
-            if value is not None:
-                by_group[group][name].append(value)
+            result = strategies.get(name) or {}
+            value = result.get("end_to_end")
+            cells[name] = value if value is not None else _at_least_text(result.get("end_to_end_at_least"))
+            # A cut run counts at its bound: the median and worst are then lower bounds too.
+            bound = value if value is not None else result.get("end_to_end_at_least")
+            if bound is not None:
+                by_group[group][name].append(bound)
         measured = fit.get("end_to_end_measured")
         eta = fit.get("eta_error_at_25_percent")
         rows.append(
@@ -241,8 +249,15 @@ def render_end_to_end(documents: Sequence[dict[str, Any]]) -> str:
     return table + "\n\n" + "\n".join(medians)
 
 
-def _ratio_text(value: float | None) -> str:
+def _ratio_text(value: float | str | None) -> str:
+    if isinstance(value, str):
+        return value
     return "not reached" if value is None else f"{value:.2f}"
+
+
+def _at_least_text(bound: float | None) -> str | None:
+    """A run cut before the target, shown as the ratio it had passed (None: no bound known)."""
+    return None if bound is None else f"≥ {bound:.2f}"
 
 
 def render_decision_spread(documents: Sequence[dict[str, Any]]) -> str:
@@ -377,6 +392,8 @@ def plot_task(document: dict[str, Any], path: Path) -> None:
     ceiling = _plot_ceiling(document)
     same_batch: dict[int, int] = defaultdict(int)
     for name, result in document["strategies"].items():
+        if "batch_size" not in result:  # fit and the adaptive controller change B as they train
+            continue
         seconds = result.get("seconds_to_target")
         shown = seconds if seconds is not None else ceiling
         # Picks at the same B are nudged sideways so that none hides another.

@@ -481,6 +481,7 @@ def test_a_data_set_ceiling_near_the_budget_is_checked_in_a_fresh_process() -> N
     # memory sets the ceiling: always checked
     assert _needs_fresh_check(ceiling=500, cap=1000, fixed=10 * MiB, per_sample=1.0, budget=1024 * MiB)
     # the data set sets it, and the line puts its step far under the budget: not checked
-    assert not _needs_fresh_check(ceiling=1000, cap=1000, fixed=300 * MiB, per_sample=1024.0, budget=8192 * MiB)
+    assert not _needs_fresh_check(ceiling=1000, cap=1000, fixed=300 * MiB, per_sample=1024.0,
+                                  budget=8192 * MiB)
     # the data set sets it, but the fixed bytes alone are most of the budget (linreg at a tight budget)
     assert _needs_fresh_check(ceiling=16384, cap=16384, fixed=300 * MiB, per_sample=512.0, budget=400 * MiB)

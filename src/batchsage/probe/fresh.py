@@ -9,11 +9,12 @@ the forked child peaked at 886 MiB at B=1491, a fresh process training the same 
 MiB, 8-10 % more.
 
 So where memory sets the ceiling, the ceiling is checked by what it promises: a fresh process
-(``python -m batchsage.probe.fresh``, with the command-line trainer's modules imported) loads the task from its source (a built-in name or
-``file.py:ATTR``), trains steps at the batch size through the engine until its peak resident
-memory stops growing, validates once, and reports its whole peak (VmHWM). A task object built in
-Python (a notebook) has no source to load in another process; there the user trains in this very
-process, whose state the forked child inherits, and the fork's measurement is the right one.
+(``python -m batchsage.probe.fresh``, with the command-line trainer's modules imported) loads the
+task from its source (a built-in name or ``file.py:ATTR``), trains steps at the batch size through
+the engine until its peak resident memory stops growing, validates once, and reports its whole peak
+(VmHWM). A task object built in Python (a notebook) has no source to load in another process; there
+the user trains in this very process, whose state the forked child inherits, and the fork's
+measurement is the right one.
 """
 
 from __future__ import annotations
