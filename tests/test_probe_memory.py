@@ -485,3 +485,20 @@ def test_a_data_set_ceiling_near_the_budget_is_checked_in_a_fresh_process() -> N
                                   budget=8192 * MiB)
     # the data set sets it, but the fixed bytes alone are most of the budget (linreg at a tight budget)
     assert _needs_fresh_check(ceiling=16384, cap=16384, fixed=300 * MiB, per_sample=512.0, budget=400 * MiB)
+
+
+def test_a_fresh_excess_the_line_cannot_place_halves_the_batch(monkeypatch: pytest.MonkeyPatch) -> None:
+    import batchsage.probe.fresh as fresh
+    from batchsage.probe.memory import check_in_fresh_process
+
+    # Samples of a few hundred bytes: a fresh process is over the budget by more than all the
+    # per-sample bytes, and under it only at smaller batches than the line can solve for.
+    def peak(source: str, batch_size: int, limit_bytes: int) -> tuple[int, dict[str, int]]:
+        value = 390 * MiB + (20 * MiB if batch_size > 5000 else 0) + 256 * batch_size
+        return value, {"steps_peak": value}
+
+    monkeypatch.setattr(fresh, "fresh_peak_bytes", peak)
+    ceiling, checks = check_in_fresh_process("linreg", 16384, fixed=300 * MiB, per_sample=256.0,
+                                             budget=394 * MiB)
+    assert [c["batch_size"] for c in checks] == [16384, 8192, 4096]
+    assert ceiling == 4096 and checks[-1]["fits"]

@@ -916,7 +916,7 @@ def _needs_fresh_check(ceiling: int, cap: int, fixed: int, per_sample: float, bu
 
     Always where memory sets it. Where the data set does, a fresh process can still need more than
     the forked children (it imports and builds everything itself): on linreg at a tight budget the
-    children said the whole data set fits and a fresh process fitted only a quarter of it, because
+    children said the whole data set fits and a fresh process fitted a quarter to a half of it, because
     there the per-sample bytes are tiny and the fixed bytes decide. So the data set's ceiling is
     checked too unless the forked line puts it under half the budget, far below any difference
     measured between the two kinds of process.
@@ -955,9 +955,13 @@ def check_in_fresh_process(source: str, ceiling: int, fixed: int, per_sample: fl
                 f"({format_bytes(steps_peak)}), but its validation pass (the task's metric over all "
                 f"validation samples at once) peaks at {format_bytes(peak)}: validate in "
                 "batches in metric_fn, or give a larger --memory-budget")
-        batch = min(batch - 1, _fresh_solution(checks, fixed, per_sample, budget))
-        if batch < 1:
+        if batch == 1:
             break
+        solution = _fresh_solution(checks, fixed, per_sample, budget)
+        # Below 1 the fresh process's excess alone is over the budget by the line, yet the line
+        # cannot tell where its fixed bytes end (a task whose samples cost a few hundred bytes):
+        # halve instead, so the last checks still look for a batch that fits.
+        batch = min(batch - 1, solution) if solution >= 1 else batch // 2
     tried = ", ".join(f"B={c['batch_size']}: "
                       + (format_bytes(c["peak_bytes"]) if c["peak_bytes"] else "out of memory")
                       for c in checks)
