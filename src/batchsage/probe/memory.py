@@ -895,12 +895,14 @@ def probe_memory(
 def _fresh_solution(checks: list[dict[str, Any]], fixed: int, per_sample: float, budget: int) -> int:
     """The batch size the fresh checks so far predict at the budget.
 
-    With two measured fresh peaks, the line through them (a fresh process's own slope can be
-    steeper than the forked children's); with one, the forked line moved up by what the fresh
-    process needed beyond it; after an out-of-memory, a quarter of the step more.
+    With two measured fresh peaks further apart than their run-to-run noise, the line through
+    them (a fresh process's own slope can be steeper than the forked children's); otherwise the
+    forked line moved up by what the last fresh process needed beyond it; after an out-of-memory,
+    a quarter of the step more.
     """
     measured = [c for c in checks if c["peak_bytes"] is not None]
-    if len(measured) >= 2 and measured[-1]["batch_size"] != measured[-2]["batch_size"]:
+    if len(measured) >= 2 and (
+            abs(measured[-1]["peak_bytes"] - measured[-2]["peak_bytes"]) > SLOPE_NOISE_BYTES):
         (b0, p0), (b1, p1) = ((c["batch_size"], c["peak_bytes"]) for c in measured[-2:])
         slope = (p1 - p0) / (b1 - b0)
         if slope > 0:
