@@ -502,3 +502,27 @@ def test_a_fresh_excess_the_line_cannot_place_halves_the_batch(monkeypatch: pyte
                                              budget=394 * MiB)
     assert [c["batch_size"] for c in checks] == [16384, 8192, 4096]
     assert ceiling == 4096 and checks[-1]["fits"]
+
+
+def test_a_fresh_process_needing_less_than_the_line_raises_the_ceiling(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import batchsage.probe.fresh as fresh
+    from batchsage.probe.memory import check_in_fresh_process
+
+    # The forked children's line is twice as steep as a fresh process's: at its ceiling (B=512)
+    # the fresh process has room left, and the checks move up toward the fresh crossing (B=1024).
+    def peak(source: str, batch_size: int, limit_bytes: int) -> tuple[int, dict[str, int]]:
+        value = 300 * MiB + 100 * 1024 * batch_size
+        return value, {"steps_peak": value}
+
+    monkeypatch.setattr(fresh, "fresh_peak_bytes", peak)
+    ceiling, checks = check_in_fresh_process("linreg", 512, fixed=300 * MiB, per_sample=200 * 1024.0,
+                                             budget=400 * MiB, cap=4096)
+    sizes = [c["batch_size"] for c in checks]
+    assert sizes[0] == 512 and sizes == sorted(sizes) and all(c["fits"] for c in checks)
+    assert 0.8 * 1024 <= ceiling <= 1024 and ceiling == sizes[-1]
+    # Never above the data set
+    ceiling, _ = check_in_fresh_process("linreg", 512, fixed=300 * MiB, per_sample=200 * 1024.0,
+                                        budget=400 * MiB, cap=600)
+    assert ceiling == 600

@@ -856,7 +856,7 @@ def probe_memory(
     if (dev.type == "cpu" and fresh_check and task.source is not None
             and _needs_fresh_check(search.ceiling, cap, fixed, per_sample, effective)):
         search.ceiling, fresh_checks = check_in_fresh_process(task.source, search.ceiling, fixed, per_sample,
-                                                              effective)
+                                                              effective, cap=cap, tolerance=tolerance)
         checked_in = "fresh process"
     if search.ceiling < cap:
         limited_by: Literal["memory", "dataset", "limit"] = "memory"
@@ -896,8 +896,8 @@ def _fresh_solution(checks: list[dict[str, Any]], fixed: int, per_sample: float,
     """The batch size the fresh checks so far predict at the budget.
 
     With two measured fresh peaks further apart than their run-to-run noise, the line through
-    them (a fresh process's own slope can be steeper than the forked children's); otherwise the
-    forked line moved up by what the last fresh process needed beyond it; after an out-of-memory,
+    them (a fresh process's own slope can differ from the forked children's); otherwise the
+    forked line moved by what the last fresh process needed beyond it (or less); after an out-of-memory,
     a quarter of the step more.
     """
     measured = [c for c in checks if c["peak_bytes"] is not None]
@@ -910,7 +910,7 @@ def _fresh_solution(checks: list[dict[str, Any]], fixed: int, per_sample: float,
     last = checks[-1]
     extra = (last["peak_bytes"] - last["predicted_bytes"] if last["peak_bytes"] is not None
              else per_sample * last["batch_size"] / 4)
-    return math.floor((budget - fixed - max(extra, 0.0)) / per_sample) if per_sample > 0 else 0
+    return math.floor((budget - fixed - extra) / per_sample) if per_sample > 0 else 0
 
 
 def _needs_fresh_check(ceiling: int, cap: int, fixed: int, per_sample: float, budget: int) -> bool:
@@ -928,20 +928,24 @@ def _needs_fresh_check(ceiling: int, cap: int, fixed: int, per_sample: float, bu
     return fixed + per_sample * cap > budget / 2
 
 
-def check_in_fresh_process(source: str, ceiling: int, fixed: int, per_sample: float,
-                           budget: int) -> tuple[int, list[dict[str, Any]]]:
+def check_in_fresh_process(source: str, ceiling: int, fixed: int, per_sample: float, budget: int,
+                           cap: int | None = None,
+                           tolerance: float = 0.05) -> tuple[int, list[dict[str, Any]]]:
     """The ceiling a fresh training process holds to ``budget``, and each check made.
 
-    A fresh process trains at the ceiling; where its peak is over the budget, the difference
-    from the forked children's line (what a fresh process needs beyond them) lowers the line, the
-    ceiling is solved again and checked again, up to MAX_FRESH_CHECKS times.
+    A fresh process trains at the ceiling. Where its peak is over the budget, the difference from
+    the forked children's line (what a fresh process needs beyond them) lowers the line; where it
+    is under by more than ``tolerance``, the difference raises it (a fresh process can need less
+    than the children: charlm's fit at 42 % of the largest batch that fitted). The ceiling is
+    solved again and checked again, up to MAX_FRESH_CHECKS processes; the answer is the largest
+    batch a fresh process held to the budget, never more than ``cap``.
     """
     from batchsage.probe.fresh import fresh_peak_bytes
 
     available = int(psutil.virtual_memory().available * MACHINE_FRACTION)
     limit = min(max(3 * budget, budget + (1 << 30)), available)
     checks: list[dict[str, Any]] = []
-    batch = ceiling
+    batch, best, over = ceiling, 0, math.inf
     while len(checks) < MAX_FRESH_CHECKS:
         peak, report = fresh_peak_bytes(source, batch, limit)
         predicted = round(fixed + per_sample * batch)
@@ -950,25 +954,49 @@ def check_in_fresh_process(source: str, ceiling: int, fixed: int, per_sample: fl
         checks.append({"batch_size": batch, "peak_bytes": peak, "steps_peak_bytes": steps_peak,
                        "predicted_bytes": predicted, "fits": fits})
         if fits:
-            return batch, checks
-        if peak is not None and steps_peak is not None and steps_peak <= budget:
-            raise MemoryBudgetError(
-                f"training steps at B={batch} fit {format_bytes(budget)} in a fresh process "
-                f"({format_bytes(steps_peak)}), but its validation pass (the task's metric over all "
-                f"validation samples at once) peaks at {format_bytes(peak)}: validate in "
-                "batches in metric_fn, or give a larger --memory-budget")
-        if batch == 1:
+            best = max(best, batch)
+            if peak >= budget * (1 - tolerance):
+                return best, checks
+        else:
+            over = min(over, batch)
+            if not best and peak is not None and steps_peak is not None and steps_peak <= budget:
+                raise MemoryBudgetError(
+                    f"training steps at B={batch} fit {format_bytes(budget)} in a fresh process "
+                    f"({format_bytes(steps_peak)}), but its validation pass (the task's metric over all "
+                    f"validation samples at once) peaks at {format_bytes(peak)}: validate in "
+                    "batches in metric_fn, or give a larger --memory-budget")
+        following = _next_fresh_batch(checks, fixed, per_sample, budget, best, over, cap)
+        if following is None:
             break
-        solution = _fresh_solution(checks, fixed, per_sample, budget)
-        # Below 1 the fresh process's excess alone is over the budget by the line, yet the line
-        # cannot tell where its fixed bytes end (a task whose samples cost a few hundred bytes):
-        # halve instead, so the last checks still look for a batch that fits.
-        batch = min(batch - 1, solution) if solution >= 1 else batch // 2
+        batch = following
+    if best:
+        return best, checks
     tried = ", ".join(f"B={c['batch_size']}: "
                       + (format_bytes(c["peak_bytes"]) if c["peak_bytes"] else "out of memory")
                       for c in checks)
     raise MemoryBudgetError(f"no batch size fits {format_bytes(budget)} in a fresh training process "
                             f"(checked {tried})")
+
+
+def _next_fresh_batch(checks: list[dict[str, Any]], fixed: int, per_sample: float, budget: int,
+                      best: int, over: float, cap: int | None) -> int | None:
+    """The batch the next fresh check tries, strictly between the largest that fitted (``best``)
+    and the smallest that did not (``over``); None when no such batch is worth a process."""
+    last = checks[-1]
+    if not last["fits"] and last["batch_size"] == 1:
+        return None
+    solution = _fresh_solution(checks, fixed, per_sample, budget)
+    if last["fits"]:  # room left: aim a little below the solution, so the check usually fits
+        solution = math.floor(AIM * solution)
+        if cap is not None:
+            solution = min(solution, cap)
+        return solution if solution > best and solution < over else None
+    if solution < 1:
+        # The fresh process's excess alone is over the budget by the line, yet the line cannot
+        # tell where its fixed bytes end (a task whose samples cost a few hundred bytes): halve.
+        solution = last["batch_size"] // 2
+    solution = min(solution, last["batch_size"] - 1)
+    return solution if solution > best else None
 
 
 def _notes(search: CeilingSearch, budget: int, cap: int, limited_by: str, tolerance: float) -> list[str]:
