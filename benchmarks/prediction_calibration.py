@@ -6,8 +6,9 @@ Every ground-truth decision (the first and the repeated ones) has a predicted ti
 T(B) at the chosen batch) and a measured one (the median over the grid's seeds of the chosen
 configuration's time to target). Their ratio measured ÷ predicted is the model's error.
 
-The printed prediction is the model's T(B) × the median ratio, with an interval from the ratios'
-spread (their 10th and 90th percentiles). Judged honestly, leave one task out: each task's
+The printed prediction is the model's T(B) × the level (the geometric mean of the tasks' median
+ratios), with the 80 % Student-t prediction interval for a new task from the spread between
+tasks (``batchsage.decide.prediction``). Judged honestly, leave one task out: each task's
 decisions are predicted with the ratios of the other tasks only, and the report gives the median
 |error| of the corrected level and how many measured times fall inside their interval. ``--write``
 stores the ratios of all development tasks in the package (``batchsage/decide/prediction.json``),
@@ -25,8 +26,6 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 from batchsage.decide.prediction import CALIBRATION_PATH, Calibration
 from batchsage.jsonio import write_json
@@ -55,8 +54,8 @@ def evaluate(by_task: dict[str, list[tuple[float, float]]], held_out: dict[str, 
     """Leave-one-task-out over ``by_task``; ``held_out`` tasks predicted with all of ``by_task``."""
     rows = []
     for task, pairs in {**by_task, **held_out}.items():
-        others = [m / p for name, ps in by_task.items() if name != task for p, m in ps]
-        calibration = Calibration.from_ratios(others)
+        others = {name: [m / p for p, m in ps] for name, ps in by_task.items() if name != task}
+        calibration = Calibration.from_tasks(others)
         for predicted, measured in pairs:
             low, high = calibration.interval(predicted)
             level = calibration.level(predicted)
@@ -100,11 +99,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     write_json(args.results / "prediction_calibration.json", report)
     print(json.dumps(report["summary"], indent=1))
     if args.write:
-        ratios = [m / p for pairs in development.values() for p, m in pairs]
-        calibration = Calibration.from_ratios(ratios, tasks=sorted(development), date=report["date"][:10])
+        by_task = {task: [m / p for p, m in pairs] for task, pairs in development.items()}
+        calibration = Calibration.from_tasks(by_task, date=report["date"][:10])
         calibration.save(CALIBRATION_PATH)
-        print(f"wrote {CALIBRATION_PATH} from {len(ratios)} decisions on {len(development)} tasks "
-              f"(ratio median {np.median(ratios):.2f})")
+        print(f"wrote {CALIBRATION_PATH} from {calibration.decisions} decisions on {len(by_task)} tasks "
+              f"(level {calibration.median:.2f}, interval {calibration.low:.2f}-{calibration.high:.2f})")
     return 0
 
 
