@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import os
+import platform
 import statistics
 import sys
 import tempfile
@@ -71,6 +73,9 @@ def main(argv: list[str] | None = None) -> int:
                   f"pinned fit {seconds['pinned'] * 1e3:.2f} ms/step", flush=True)
         rows.append({"task": name, "ratios": ratios, "overhead": statistics.median(ratios) - 1.0})
     document = {"date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "threads": 1,
+                "machine": {"platform": platform.platform(terse=True), "cpu_count": os.cpu_count(),
+                            "torch": torch.__version__},
+                "load_average_at_end": list(os.getloadavg()),
                 "tasks": rows, "median_overhead": statistics.median(r["overhead"] for r in rows)}
     write_json(args.out, document)
     print(f"median overhead {document['median_overhead']:+.1%}")
