@@ -41,7 +41,7 @@ from batchsage.live.checkpoint import (
     save_atomic,
     save_checkpoint,
 )
-from batchsage.live.race import COOLDOWN_FRACTION, Z_CLEAR, Branch, BranchOutcome, Judge, RaceRecord, race
+from batchsage.live.race import COOLDOWN_FRACTION, Branch, BranchOutcome, Judge, RaceRecord, race
 from batchsage.noise import NoiseScaleMonitor
 from batchsage.probe.memory import DEFAULT_SAFETY_MARGIN
 from batchsage.task import Task, load_task
@@ -414,7 +414,7 @@ class _Controller:
         validation_seconds = self.live.eval_seconds / max(len(self.live.history), 1)
         cheap = validation_seconds <= CHEAP_VALIDATION * stretch_seconds
         winner, record = race(self.live, branches, stretch, kind, configure=_configure, judge=self._judge(),
-                              loss_trend=self._val_loss_rate(), max_stretches=stretches,
+                              loss_rate=self._val_loss_rate(), max_stretches=stretches,
                               may_finish=(lambda loss: True) if cheap else self._may_finish)
         self.races.append(record)
         self.times.discarded_fork_seconds += record.discarded_seconds
@@ -504,30 +504,18 @@ class _Controller:
         best_case = predicted + spread if self.task.higher_is_better else predicted - spread
         return self.task.reached(best_case)
 
-    def _val_loss_rate(self) -> tuple[float, bool]:
+    def _val_loss_rate(self) -> float:
         """How fast the live run's validation loss has been falling, per training second (≥ 0), over
-        the latter half of the run (at least its last three validations); and whether that fall is
-        measurable: the slope more than ``Z_CLEAR`` of its standard errors below zero (with two
-        points, no error can be measured and the fall counts as measurable if there is one)."""
+        the latter half of the run (at least its last three validations)."""
         elapsed = self.live.state.train_seconds
         points = [(t, loss) for t, loss in self.val_loss_log if math.isfinite(loss)]
         recent = [p for p in points if p[0] >= elapsed / 2]
         if len(recent) < 3:
             recent = points[-3:]
         if len(recent) < 2 or recent[-1][0] <= recent[0][0]:
-            return 0.0, False
-        times = np.array([t for t, _ in recent])
-        losses = np.array([loss for _, loss in recent])
-        slope, intercept = np.polyfit(times, losses, 1)
-        rate = max(-float(slope), 0.0)
-        if len(recent) < 3:
-            return rate, rate > 0
-        residuals = losses - (intercept + slope * times)
-        spread = float(np.sum((times - times.mean()) ** 2))
-        if spread <= 0:
-            return rate, False
-        slope_se = math.sqrt(float(np.sum(residuals**2)) / (len(recent) - 2) / spread)
-        return rate, rate > Z_CLEAR * slope_se
+            return 0.0
+        slope = float(np.polyfit([t for t, _ in recent], [loss for _, loss in recent], 1)[0])
+        return max(-slope, 0.0)
 
     def _recent_b_simple(self) -> float | None:
         """B_simple over the monitor's measurements of the latter half of the run (None: too few)."""

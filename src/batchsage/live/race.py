@@ -150,11 +150,8 @@ class RaceRecord:
     stretch_samples: int
     #: Stretches run (the race goes on while a challenger is ahead but not yet clearly).
     stretches: int = 0
-    #: How fast the incumbent's validation loss was falling (per training second) before the fork.
+    #: How fast the incumbent's training loss was falling (per training second) around the fork.
     loss_rate: float = 0.0
-    #: Whether that fall was measurable (more than Z_CLEAR standard errors): only then does a
-    #: larger lr get the benefit of the doubt.
-    progress_measurable: bool = False
     outcomes: list[BranchOutcome] = field(default_factory=list)
     winner: str = "incumbent"
     #: A branch's cooled copy reached the target: it is the run's end.
@@ -197,7 +194,7 @@ def race(
     *,
     configure: Callable[[Run, Branch], None],
     judge: Judge,
-    loss_trend: tuple[float, bool],
+    loss_rate: float,
     max_stretches: int = 1,
     may_finish: Callable[[float], bool] = lambda loss: True,
 ) -> tuple[Run, RaceRecord]:
@@ -205,9 +202,8 @@ def race(
 
     Every branch trains ``stretch_samples``, then is judged; while a challenger is neither clearly
     ahead nor clearly behind, the race goes on for another stretch, up to ``max_stretches``.
-    ``loss_trend``: how fast the live run's validation loss (the judge's) has been falling, per
-    training second, and whether that fall is measurable. The live run keeps its hooks and its
-    validation schedule; forks have neither.
+    ``loss_rate``: how fast the live run's validation loss (the judge's) has been falling, per
+    training second. The live run keeps its hooks and its validation schedule; forks have neither.
     If the live run reaches the target during the race, the race ends there and it wins.
     ``may_finish(cooled loss)``: whether a cooled copy with that validation loss may reach the
     target (only then is it validated).
@@ -216,7 +212,7 @@ def race(
     stretch = max(stretch_samples, 2 * largest)
     stretch -= stretch % largest  # every branch ends on a step boundary
     record = RaceRecord(kind, live.state.step, live.state.samples, live.state.train_seconds, stretch)
-    record.loss_rate, record.progress_measurable = loss_trend
+    record.loss_rate = loss_rate
     judged_before = judge.seconds
     incumbent = Branch("incumbent", live.batch_size, live.peak_lr, live.state.accumulation_steps)
     contenders = [_Contender(incumbent, live, live.state.step, live.state.samples)]
@@ -241,8 +237,7 @@ def race(
         if any(c.finished is not None for c in contenders):
             break
         _judge_all(record, contenders)
-        undecided = [c for c in contenders[1:] if c.outcome is not None
-                     and not (c.branch.favoured and record.progress_measurable)
+        undecided = [c for c in contenders[1:] if c.outcome is not None and not c.branch.favoured
                      and abs(c.outcome.advantage_seconds) <= Z_CLEAR * c.outcome.advantage_se]
         if not undecided or record.stretches >= max_stretches:
             break
@@ -342,11 +337,8 @@ def _conclude(record: RaceRecord, contenders: list[_Contender]) -> tuple[Run, Ra
             continue
         margin = Z_CLEAR * outcome.advantage_se
         # A larger lr gets the benefit of the doubt only where progress is measurable: on a plateau
-        # (or where the loss falls by less than its noise) nothing says its lead will come, and it
-        # must be clearly ahead like any other branch. Without this, a noisy late race, whose
-        # margin in seconds grows as the fall slows, let lr ×2 win by default again and again
-        # (fashion-cnn: 0.001 to 0.032 at B=32, never reaching the target).
-        favoured = contender.branch.favoured and record.progress_measurable
+        # nothing says its lead will come, and it must be clearly ahead like any other branch.
+        favoured = contender.branch.favoured and record.loss_rate > 0
         qualifies = outcome.advantage_seconds >= -margin if favoured else outcome.advantage_seconds > margin
         if qualifies and outcome.advantage_seconds > best_advantage:
             best, best_advantage = contender, outcome.advantage_seconds
