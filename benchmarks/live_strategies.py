@@ -32,6 +32,8 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
+import platform
 import statistics
 import sys
 import time
@@ -198,6 +200,15 @@ def _finite(value: float) -> float | None:
     return value if math.isfinite(value) else None
 
 
+def _processor() -> str:
+    """The CPU's model name (platform.processor() is empty on most Linux systems)."""
+    try:
+        with open("/proc/cpuinfo") as handle:
+            return next(line.split(":", 1)[1].strip() for line in handle if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
+
+
 def add_end_to_end(strategies: dict[str, dict[str, Any]]) -> None:
     """``end_to_end`` = regret + decision cost for the strategies that decide before training
     (``end_to_end_at_least`` where the runs were cut before the target)."""
@@ -242,7 +253,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     strategies.update(score(document, [r for r in runs if r["seed"] in seeds]))
     add_end_to_end(strategies)
     document["live_protocol"] = {"seeds": seeds, "threads": args.threads, "eta_at": ETA_AT,
-                                 "date": time.strftime("%Y-%m-%d", time.gmtime())}
+                                 "date": time.strftime("%Y-%m-%d", time.gmtime()),
+                                 "machine": {"platform": platform.platform(terse=True),
+                                             "processor": _processor(), "cpu_count": os.cpu_count(),
+                                             "torch": torch.__version__}}
     write_json(args.results, document)
     fit_result = strategies["batchsage_fit"]
     print(json.dumps({k: fit_result[k] for k in ("end_to_end", "end_to_end_measured", "per_seed_end_to_end",
