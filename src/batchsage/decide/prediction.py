@@ -32,6 +32,8 @@ class Calibration:
     """Measured ÷ predicted time to target over ground-truth decisions: the level (geometric mean of
     the tasks' medians) and an 80 % prediction interval for a new task."""
 
+    #: The level by which the model's time is multiplied: the geometric mean of the tasks' median
+    #: ratios (the name is the stored files' key).
     median: float
     low: float
     high: float
@@ -44,6 +46,8 @@ class Calibration:
                    date: str = "") -> Calibration:
         """From measured ÷ predicted per task: the level and the ``coverage`` prediction interval
         for a new task (see the module docstring); with one task, its ratios' own range."""
+        if not ratios_by_task or not all(ratios_by_task.values()):
+            raise ValueError("a calibration needs at least one task with at least one ratio")
         logs = np.log([float(np.median(ratios)) for ratios in ratios_by_task.values()])
         count = len(logs)
         centre = float(np.mean(logs))
