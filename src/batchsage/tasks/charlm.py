@@ -12,14 +12,13 @@ import os
 import sysconfig
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset, TensorDataset
 
 from batchsage.task import Task, TaskError
+from batchsage.tasks.common import mean_loss, next_token_loss
 
 SEQ_LEN = 64
 VOCAB = 128
@@ -86,19 +85,11 @@ class CharGRU(nn.Module):
         return self.head(states)
 
 
-def lm_loss(model: nn.Module, batch: Any) -> torch.Tensor:
-    inputs, targets = batch
-    logits = model(inputs)
-    return F.cross_entropy(logits.reshape(-1, VOCAB), targets.reshape(-1))
+lm_loss = next_token_loss
 
 
 def val_loss(model: nn.Module, data: Dataset, chunk: int = 512) -> float:
-    inputs, targets = data.tensors  # type: ignore[attr-defined]
-    total = 0.0
-    for start in range(0, len(inputs), chunk):
-        batch = (inputs[start : start + chunk], targets[start : start + chunk])
-        total += float(lm_loss(model, batch)) * len(batch[0])
-    return total / len(inputs)
+    return mean_loss(lm_loss, model, data, chunk)
 
 
 def make_task() -> Task:

@@ -1,7 +1,8 @@
-"""Pieces the built-in classification tasks share: loss, accuracy, a seeded split."""
+"""Pieces the built-in tasks share: losses, accuracy, a chunked validation loss, a seeded split."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -14,6 +15,25 @@ from torch.utils.data import Dataset, TensorDataset
 def cross_entropy_loss(model: nn.Module, batch: Any) -> torch.Tensor:
     inputs, labels = batch
     return F.cross_entropy(model(inputs), labels)
+
+
+def next_token_loss(model: nn.Module, batch: Any) -> torch.Tensor:
+    """Cross-entropy of a language model's logits (batch, sequence, vocabulary) against the next tokens."""
+    inputs, targets = batch
+    logits = model(inputs)
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
+
+
+def mean_loss(loss_fn: Callable[[nn.Module, Any], torch.Tensor], model: nn.Module, data: Dataset,
+              chunk: int) -> float:
+    """``loss_fn`` over all of ``data`` (a TensorDataset of inputs, targets), ``chunk`` samples at a
+    time, weighted by the samples in each chunk."""
+    inputs, targets = data.tensors  # type: ignore[attr-defined]
+    total = 0.0
+    for start in range(0, len(inputs), chunk):
+        batch = (inputs[start : start + chunk], targets[start : start + chunk])
+        total += float(loss_fn(model, batch)) * len(batch[0])
+    return total / len(inputs)
 
 
 def accuracy(model: nn.Module, data: Dataset, chunk: int = 4096) -> float:
