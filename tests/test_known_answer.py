@@ -5,7 +5,9 @@ per_step + per_sample·B`` (a busy wait, so the throughput probe measures exactl
 model's S(B) = S_min·(1 + B_noise/B), time to target is T(B) = S_min·(1 + B_noise/B)·t(B):
 
 - **compute-bound** (per_step = 0): T(B) = S_min·per_sample·(B + B_noise) grows with B whatever the
-  noise scale, so the right batch is the smallest candidate;
+  noise scale, so the right batch is the smallest candidate. The engine's own cost per step
+  (a fraction of a millisecond, more on a loaded machine) is a real per_step term, so per_sample
+  is set high enough (1 ms) that a step at the smallest batch costs many times that;
 - **overhead-bound** (per_sample = 0): T(B) = S_min·per_step·(1 + B_noise/B) falls with B, so the
   right batch is large — far above the smallest, up to where the gain flattens.
 
@@ -26,7 +28,7 @@ from torch.utils.data import TensorDataset
 from batchsage import Task, recommend
 
 FEATURES = 16
-PER_SAMPLE = 5e-5
+PER_SAMPLE = 1e-3
 PER_STEP = 3e-3
 
 

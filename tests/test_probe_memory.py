@@ -1,7 +1,7 @@
 """The memory probe: ceiling under a budget, checked by real training steps measured independently.
 
-The headline tests build a task whose activations are large per sample (a 16k-wide hidden layer),
-so that a budget 220 MiB above a one-sample step makes memory, not the data set (2048 samples),
+The headline tests build a task whose activations are large per sample (a 32k-wide hidden layer),
+so that a budget 480 MiB above a one-sample step makes memory, not the data set (2048 samples),
 bind. The independent check forks a child that runs the real training loop (``batchsage.train``)
 and reads its peak resident memory from /proc — no use of the fitted line.
 """
@@ -40,7 +40,7 @@ from batchsage.probe.memory import (
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc (Linux)")
 
-HIDDEN = 16_384  # 64 KiB of float32 per sample per activation: memory grows ~0.25 MiB per sample
+HIDDEN = 32_768  # 128 KiB of float32 per sample per activation: memory grows ~0.4 MiB per sample
 MiB = 1024**2
 
 
@@ -112,13 +112,16 @@ def one_sample_peak(wide_task: Task) -> int:
 
 @pytest.fixture(scope="module")
 def tight_budget(one_sample_peak: int) -> int:
-    """220 MiB above a one-sample step: the ceiling is ~1000 of the 2048 samples.
+    """480 MiB above a one-sample step: the ceiling is ~1200 of the 2048 samples.
 
     At that size each activation is over 32 MiB, which glibc always maps and unmaps afresh, so
-    the peak of a step is reproducible to a few pages (smaller tensors land in the heap, whose
-    resident size after frees varies by a tensor or two from run to run).
+    the peak of a step is reproducible to a few pages. Smaller tensors land in the heap, whose
+    freed space stays resident: just below B=256 (activations just under 32 MiB) a step peaks
+    ~250 MiB above a one-sample step here, higher than at B=700. The budget stays well above that
+    hump on any machine, so the largest fitting batch is where the line crosses the budget, not
+    inside the hump (with 220 MiB of headroom a slower machine's hump crossed it).
     """
-    return one_sample_peak + 220 * MiB
+    return one_sample_peak + 480 * MiB
 
 
 @pytest.fixture(scope="module")
@@ -127,7 +130,7 @@ def tight_profile(wide_task: Task, tight_budget: int) -> MemoryProfile:
     return probe_memory(wide_task, budget_bytes=tight_budget, margin=0.0)
 
 
-@pytest.mark.slow  # ~20 s with its fixtures: steps at B≈1000 touch ~80 MiB tensors afresh
+@pytest.mark.slow  # ~20 s with its fixtures: steps at B≈1200 touch ~150 MiB tensors afresh
 def test_ceiling_fits_the_budget_and_twenty_percent_more_does_not(
     wide_task: Task, tight_budget: int, tight_profile: MemoryProfile
 ) -> None:
@@ -136,7 +139,7 @@ def test_ceiling_fits_the_budget_and_twenty_percent_more_does_not(
     assert 100 < profile.max_batch_size < wide_task.num_train_samples
     assert profile.measurements <= 6 and profile.steps_used == sum(p.steps for p in profile.probes)
     assert any(p.role == "verify" for p in profile.probes)
-    assert profile.per_sample_bytes > 0.1 * MiB  # ~0.25 MiB per sample by construction
+    assert profile.per_sample_bytes > 0.2 * MiB  # ~0.4 MiB per sample by construction
     # Measured independently of the fit: the real training loop in a child.
     at_ceiling = peak_rss_of_training(wide_task, profile.max_batch_size)
     assert at_ceiling is not None and at_ceiling <= tight_budget
@@ -465,13 +468,24 @@ def test_a_task_with_a_source_has_its_ceiling_checked_in_a_fresh_process(fixture
 
     task = load_task(f"{fixtures_dir / 'tiny_tasks.py'}:memory_heavy_task")
     assert task.source is not None and task.source.endswith("tiny_tasks.py:memory_heavy_task")
+    from batchsage.probe.fresh import fresh_peak_bytes
+
+    # The budget sits 160 MiB above one sample in whichever process holds more before its step:
+    # a child forked from this test session, or a fresh process (which imports everything itself
+    # and can hold more than a small parent, or far less than a large one).
     one = ForkedPeakRSSMeter(task).measure(1, 64 * 1024**3)
-    assert one.peak_bytes is not None
-    profile = probe_memory(task, budget_bytes=one.peak_bytes + 160 * MiB)
+    fresh_one, _report = fresh_peak_bytes(task.source, 1, 8 << 30)
+    assert one.peak_bytes is not None and fresh_one is not None
+    profile = probe_memory(task, budget_bytes=max(one.peak_bytes, fresh_one) + 160 * MiB)
     assert profile.limited_by == "memory" and profile.checked_in == "fresh process"
-    final = profile.fresh_checks[-1]
-    assert final["fits"] and final["batch_size"] == profile.max_batch_size
-    assert final["peak_bytes"] <= profile.effective_budget_bytes  # held by the process a user trains in
+    # The ceiling is the largest batch a fresh process held to the budget (the process a user
+    # trains in), and every batch a fresh process did not hold is above it. Checks can run out
+    # after one that did not fit: a long-lived parent (a notebook, a test session) may hold far
+    # more than a fresh process, which then has room to move the ceiling a long way up.
+    held = [c for c in profile.fresh_checks if c["fits"]]
+    assert held and profile.max_batch_size == max(c["batch_size"] for c in held)
+    assert all(c["peak_bytes"] <= profile.effective_budget_bytes for c in held)
+    assert all(c["batch_size"] > profile.max_batch_size for c in profile.fresh_checks if not c["fits"])
     assert any(note.startswith("checked in a fresh training process") for note in profile.notes)
 
 
