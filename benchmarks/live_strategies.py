@@ -1,6 +1,8 @@
 """Strategies that decide while training, scored against a committed ground truth.
 
     python benchmarks/live_strategies.py benchmarks/results/digits-mlp.json [--seeds 0,1,2,3]
+    python benchmarks/live_strategies.py benchmarks/results/digits-mlp.json \
+        --rerun batchsage_fit --rerun best_rerun      # after a change to fit: its clock reference too
 
 For each seed of the ground truth (its grid and top-up seeds), three runs side by side, in an order
 that rotates with the seed:
@@ -226,6 +228,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seeds", default=None, help="comma-separated (default: the ground truth's)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--fresh", action="store_true", help="discard earlier live runs in the file")
+    parser.add_argument("--rerun", action="append", default=[], metavar="STRATEGY",
+                        help="discard earlier runs of this strategy only (after a change to it; repeatable)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     document = json.loads(args.results.read_text())
@@ -233,7 +237,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     protocol = document["protocol"]
     seeds = ([int(s) for s in args.seeds.split(",")] if args.seeds
              else list(protocol["seeds"]) + list(protocol.get("top_up_seeds") or []))
-    runs: list[dict[str, Any]] = [] if args.fresh else list(document.get("live_runs") or [])
+    runs: list[dict[str, Any]] = [] if args.fresh else [
+        r for r in document.get("live_runs") or [] if r["strategy"] not in args.rerun]
     makers: dict[str, Callable[[int], dict[str, Any]]] = {
         "batchsage_fit": lambda seed: run_fit(task, seed),
         "adaptive": lambda seed: run_adaptive(task, seed),

@@ -153,3 +153,44 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path: Path) -> None:
     unknown = runner.invoke(app, ["fit", "--task", "no-such-task", "--out", str(tmp_path)])
     assert unknown.exit_code == 2 and "unknown task" in unknown.output
     assert "Traceback" not in missing.output + unknown.output
+
+
+def _contender(branch: Branch, advantage: float, se: float) -> object:
+    from batchsage.live.race import BranchOutcome, _Contender
+
+    outcome = BranchOutcome(branch.role, branch.batch_size, branch.lr, 1, steps=10, samples=160,
+                            train_seconds=1.0, cooled_loss=1.0, diverged=False,
+                            advantage_seconds=advantage, advantage_se=se)
+    return _Contender(branch, run=None, start_step=0, start_samples=0, outcome=outcome)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("advantage", "on_doubt"), [(0.5, True), (-0.5, True), (3.0, False)])
+def test_a_favoured_raise_not_clearly_ahead_wins_on_doubt(advantage: float, on_doubt: bool) -> None:
+    from batchsage.live.race import RaceRecord, _conclude
+
+    record = RaceRecord("round", 0, 0, 1.0, 160, loss_rate=0.1)
+    incumbent = _contender(Branch("incumbent", 16, 0.01), 0.0, 0.0)
+    raise_ = _contender(Branch("lr×2", 16, 0.02, favoured=True), advantage, se=1.0)
+    _conclude(record, [incumbent, raise_])  # type: ignore[list-item]
+    assert record.winner == "lr×2" and record.won_on_doubt is on_doubt
+
+
+def test_a_raise_won_on_doubt_is_raced_against_the_lr_it_left_at_the_next_decision() -> None:
+    from batchsage.device import resolve_device
+    from batchsage.live.controller import _Controller
+    from batchsage.live.race import RaceRecord
+
+    controller = _Controller(tiny_tasks.noisy_task(), resolve_device("cpu"), seed=0, out=None,
+                               memory_budget_bytes=None, options=FitOptions(), console=None)
+    live = controller.live
+    live.set_lr(0.02)
+    controller.decisions.append({})  # inside the first decision
+    controller.doubt = {"lr": 0.02, "decision": len(controller.decisions)}
+    assert not any(b.role == "lr÷2" for b in controller._challengers())  # same decision: not yet
+    controller.decisions.append({})  # the next decision
+    halved = [b for b in controller._challengers() if b.role == "lr÷2"]
+    assert len(halved) == 1 and halved[0].lr == pytest.approx(0.01) and not halved[0].favoured
+    # A race that tried it settles the doubt, whoever won.
+    record = RaceRecord("round", 0, 0, 1.0, 160)
+    controller._settle_doubt(record, live, halved)
+    assert controller.doubt is None

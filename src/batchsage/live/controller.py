@@ -249,6 +249,10 @@ class _Controller:
         self.decisions: list[dict[str, Any]] = []
         self.next_decision_seconds: float | None = None
         self.diverged_lr: float | None = None
+        #: While the live lr is a raise that won a race on the benefit of the doubt (not clearly
+        #: ahead): that lr and the decision that adopted it. The next decision's races also try the
+        #: lr ÷ factor, so an overshoot can be taken back.
+        self.doubt: dict[str, float] | None = None
         self.memory_ceiling: int | None = None
         self.judge: Judge | None = None
         #: (training seconds, the judge's validation loss) at each scheduled validation.
@@ -372,7 +376,8 @@ class _Controller:
 
     def _challengers(self, lr_rungs: int = 1) -> list[Branch]:
         """The forks worth racing from the live run now: the lr × factor (and × factor², … up to
-        ``lr_rungs`` rungs), 2B, and B/2 where the noise scale is below the batch."""
+        ``lr_rungs`` rungs), the lr ÷ factor while the last raise is in doubt, 2B, and B/2 where
+        the noise scale is below the batch."""
         live = self.live
         branches: list[Branch] = []
         for rung in range(1, lr_rungs + 1):
@@ -380,6 +385,13 @@ class _Controller:
             if self._lr_allowed(live.peak_lr * factor):
                 branches.append(Branch(f"lr×{factor:g}", live.batch_size, live.peak_lr * factor,
                                        live.state.accumulation_steps, favoured=True))
+        if self.doubt is not None and self.doubt["decision"] < len(self.decisions):
+            # A raise adopted without being clearly ahead is checked at a later decision, once its
+            # effect has had time to show (a round right after it would see only its transient):
+            # without this, favoured raises only ever ratchet the lr up.
+            factor = self.options.lr_factor
+            branches.append(Branch(f"lr÷{factor:g}", live.batch_size, live.peak_lr / factor,
+                                   live.state.accumulation_steps))
         b_simple = self._recent_b_simple()
         if 2 * live.batch_size <= self.task.num_train_samples:
             branches.append(self._batch_branch("2B", 2 * live.batch_size, b_simple))
@@ -423,6 +435,7 @@ class _Controller:
         for outcome in record.outcomes:
             if outcome.diverged:
                 self.diverged_lr = min(self.diverged_lr or math.inf, outcome.lr)
+        self._settle_doubt(record, winner, branches)
         self._say(record)
         if winner is self.live:
             return None, record
@@ -433,6 +446,13 @@ class _Controller:
         if record.finished:
             return None, record
         return next(b for b in branches if b.role == record.winner), record
+
+    def _settle_doubt(self, record: RaceRecord, winner: Run, branches: list[Branch]) -> None:
+        """A raise that won on doubt opens a doubt; a race that tried the lr ÷ factor settles it."""
+        if record.won_on_doubt:
+            self.doubt = {"lr": winner.peak_lr, "decision": len(self.decisions)}
+        elif any(branch.role.startswith("lr÷") for branch in branches):
+            self.doubt = None  # raced: settled, whichever branch won
 
     def _ceiling(self, batch_size: int) -> int:
         """The largest micro-batch known to fit at ``batch_size``: measured once per new size.
@@ -601,7 +621,8 @@ class _Controller:
                     f" {o.advantage_seconds:+.2f}±{o.advantage_se:.2f} s" if o.role != "incumbent" else "")
                  for o in record.outcomes]
         self.console.print(f"  {record.kind} race at {record.train_seconds:.1f} s (step {record.step}, "
-                           f"{record.stretch_samples} samples): {', '.join(parts)} → {record.winner}",
+                           f"{record.stretch_samples} samples): {', '.join(parts)} → {record.winner}"
+                           + (" (on doubt: not clearly ahead)" if record.won_on_doubt else ""),
                            highlight=False)
 
     def _status_line(self) -> str:
@@ -652,7 +673,8 @@ class _Controller:
             "times": asdict(self.times), "races": [r.to_dict() for r in self.races],
             "schedule": self.schedule, "eta": self.eta_log,
             "next_decision_seconds": self.next_decision_seconds,
-            "diverged_lr": self.diverged_lr, "memory_ceiling": self.memory_ceiling,
+            "diverged_lr": self.diverged_lr, "doubt": self.doubt,
+            "memory_ceiling": self.memory_ceiling,
             "fits_up_to": self.fits_up_to, "resumed": self.resumed, "options": asdict(self.options),
             "val_loss_log": self.val_loss_log, "loss_metric_pairs": self.loss_metric_pairs,
             "decisions": self.decisions,
@@ -671,6 +693,7 @@ class _Controller:
         self.eta_log = controller["eta"]
         self.next_decision_seconds = controller["next_decision_seconds"]
         self.diverged_lr = controller["diverged_lr"]
+        self.doubt = controller.get("doubt")
         self.memory_ceiling = controller["memory_ceiling"]
         self.fits_up_to = int(controller["fits_up_to"])
         self.val_loss_log = [tuple(point) for point in controller["val_loss_log"]]  # type: ignore[misc]
