@@ -186,11 +186,28 @@ def test_a_raise_won_on_doubt_is_raced_against_the_lr_it_left_at_the_next_decisi
     live.set_lr(0.02)
     controller.decisions.append({})  # inside the first decision
     controller.doubt = {"lr": 0.02, "decision": len(controller.decisions)}
-    assert not any(b.role == "lr÷2" for b in controller._challengers())  # same decision: not yet
+    roles = [b.role for b in controller._challengers()]
+    assert "lr×2" in roles and "lr÷2" not in roles  # the same decision: only its transient would show
     controller.decisions.append({})  # the next decision
-    halved = [b for b in controller._challengers() if b.role == "lr÷2"]
+    challengers = controller._challengers()
+    halved = [b for b in challengers if b.role == "lr÷2"]
     assert len(halved) == 1 and halved[0].lr == pytest.approx(0.01) and not halved[0].favoured
+    assert not any(b.role.startswith("lr×") for b in challengers)  # instead of raising again
     # A race that tried it settles the doubt, whoever won.
     record = RaceRecord("round", 0, 0, 1.0, 160)
     controller._settle_doubt(record, live, halved)
     assert controller.doubt is None
+
+
+def test_on_a_plateau_the_lr_branch_halves_the_lr() -> None:
+    from batchsage.device import resolve_device
+    from batchsage.live.controller import _Controller
+
+    controller = _Controller(tiny_tasks.noisy_task(), resolve_device("cpu"), seed=0, out=None,
+                             memory_budget_bytes=None, options=FitOptions(), console=None)
+    controller.val_loss_log = [(1.0, 3.0), (2.0, 2.0), (3.0, 1.0)]  # falling
+    assert [b.role for b in controller._challengers()][0] == "lr×2"
+    controller.val_loss_log = [(1.0, 2.0), (2.0, 1.99), (3.0, 2.01)]  # flat
+    assert [b.role for b in controller._challengers()][0] == "lr÷2"
+    # The first race surveys upwards whatever the trend: the run is young.
+    assert [b.role for b in controller._challengers(lr_rungs=3)][:3] == ["lr×2", "lr×4", "lr×8"]

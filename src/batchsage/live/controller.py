@@ -375,23 +375,31 @@ class _Controller:
         self.next_decision_seconds = max(self.next_decision_seconds, 2.0 * elapsed)
 
     def _challengers(self, lr_rungs: int = 1) -> list[Branch]:
-        """The forks worth racing from the live run now: the lr × factor (and × factor², … up to
-        ``lr_rungs`` rungs), the lr ÷ factor while the last raise is in doubt, 2B, and B/2 where
-        the noise scale is below the batch."""
+        """The forks worth racing from the live run now: an lr branch, 2B, and B/2 where the noise
+        scale is below the batch.
+
+        The lr branch is the lr × factor (and × factor², … up to ``lr_rungs`` rungs), except while
+        the last raise is in doubt or the run is on a plateau: then the lr ÷ factor instead.
+        """
         live = self.live
         branches: list[Branch] = []
-        for rung in range(1, lr_rungs + 1):
-            factor = self.options.lr_factor**rung
-            if self._lr_allowed(live.peak_lr * factor):
-                branches.append(Branch(f"lr×{factor:g}", live.batch_size, live.peak_lr * factor,
-                                       live.state.accumulation_steps, favoured=True))
-        if self.doubt is not None and self.doubt["decision"] < len(self.decisions):
+        doubted = self.doubt is not None and self.doubt["decision"] < len(self.decisions)
+        if lr_rungs == 1 and (doubted or self._on_plateau()):
             # A raise adopted without being clearly ahead is checked at a later decision, once its
             # effect has had time to show (a round right after it would see only its transient):
-            # without this, favoured raises only ever ratchet the lr up.
+            # without this, favoured raises only ever ratchet the lr up. On a plateau (the
+            # validation loss not falling, short of the target) a lower lr is the classic way on,
+            # and a higher one is not favoured there anyway. It replaces the raise rather than
+            # joining it: a third branch would cost more than a decision's race budget.
             factor = self.options.lr_factor
             branches.append(Branch(f"lr÷{factor:g}", live.batch_size, live.peak_lr / factor,
                                    live.state.accumulation_steps))
+        else:
+            for rung in range(1, lr_rungs + 1):
+                factor = self.options.lr_factor**rung
+                if self._lr_allowed(live.peak_lr * factor):
+                    branches.append(Branch(f"lr×{factor:g}", live.batch_size, live.peak_lr * factor,
+                                           live.state.accumulation_steps, favoured=True))
         b_simple = self._recent_b_simple()
         if 2 * live.batch_size <= self.task.num_train_samples:
             branches.append(self._batch_branch("2B", 2 * live.batch_size, b_simple))
@@ -409,6 +417,11 @@ class _Controller:
             lr = min(lr, self.diverged_lr / self.options.lr_factor)
         micro, accumulation = plan.split_for_memory(batch_size, self._ceiling(batch_size))
         return Branch(role, batch_size, lr, accumulation if micro * accumulation == batch_size else 1)
+
+    def _on_plateau(self) -> bool:
+        """The live validation loss has not fallen over the latter half of the run (at least three
+        of the judge's scores): the fitted slope is flat or rising."""
+        return len(self.val_loss_log) >= 3 and self._val_loss_rate() <= 0.0
 
     def _lr_allowed(self, lr: float) -> bool:
         return self.diverged_lr is None or lr < self.diverged_lr

@@ -324,6 +324,9 @@ def _judge_all(record: RaceRecord, contenders: list[_Contender]) -> None:
         count = len(differences)
         se = float(np.std(differences, ddof=1)) / math.sqrt(count) if count > 1 else math.inf
         saved = incumbent.outcome.train_seconds - outcome.train_seconds
+        if (outcome.batch_size, outcome.accumulation_steps, outcome.steps) == (
+                incumbent.outcome.batch_size, incumbent.outcome.accumulation_steps, incumbent.outcome.steps):
+            saved = 0.0  # the same steps of the same batch cost the same: the difference is clock noise
         if record.loss_rate > 0:
             outcome.advantage_seconds = saved + lead / record.loss_rate
             outcome.advantage_se = se / record.loss_rate
