@@ -249,10 +249,6 @@ class _Controller:
         self.decisions: list[dict[str, Any]] = []
         self.next_decision_seconds: float | None = None
         self.diverged_lr: float | None = None
-        #: While the live lr is a raise that won a race on the benefit of the doubt (not clearly
-        #: ahead): that lr and the decision that adopted it. The next decision's races also try the
-        #: lr ÷ factor, so an overshoot can be taken back.
-        self.doubt: dict[str, float] | None = None
         self.memory_ceiling: int | None = None
         self.judge: Judge | None = None
         #: (training seconds, the judge's validation loss) at each scheduled validation.
@@ -375,31 +371,15 @@ class _Controller:
         self.next_decision_seconds = max(self.next_decision_seconds, 2.0 * elapsed)
 
     def _challengers(self, lr_rungs: int = 1) -> list[Branch]:
-        """The forks worth racing from the live run now: an lr branch, 2B, and B/2 where the noise
-        scale is below the batch.
-
-        The lr branch is the lr × factor (and × factor², … up to ``lr_rungs`` rungs), except while
-        the last raise is in doubt or the run is on a plateau: then the lr ÷ factor instead.
-        """
+        """The forks worth racing from the live run now: the lr × factor (and × factor², … up to
+        ``lr_rungs`` rungs), 2B, and B/2 where the noise scale is below the batch."""
         live = self.live
         branches: list[Branch] = []
-        doubted = self.doubt is not None and self.doubt["decision"] < len(self.decisions)
-        if lr_rungs == 1 and (doubted or self._on_plateau()):
-            # A raise adopted without being clearly ahead is checked at a later decision, once its
-            # effect has had time to show (a round right after it would see only its transient):
-            # without this, favoured raises only ever ratchet the lr up. On a plateau (the
-            # validation loss not falling, short of the target) a lower lr is the classic way on,
-            # and a higher one is not favoured there anyway. It replaces the raise rather than
-            # joining it: a third branch would cost more than a decision's race budget.
-            factor = self.options.lr_factor
-            branches.append(Branch(f"lr÷{factor:g}", live.batch_size, live.peak_lr / factor,
-                                   live.state.accumulation_steps))
-        else:
-            for rung in range(1, lr_rungs + 1):
-                factor = self.options.lr_factor**rung
-                if self._lr_allowed(live.peak_lr * factor):
-                    branches.append(Branch(f"lr×{factor:g}", live.batch_size, live.peak_lr * factor,
-                                           live.state.accumulation_steps, favoured=True))
+        for rung in range(1, lr_rungs + 1):
+            factor = self.options.lr_factor**rung
+            if self._lr_allowed(live.peak_lr * factor):
+                branches.append(Branch(f"lr×{factor:g}", live.batch_size, live.peak_lr * factor,
+                                       live.state.accumulation_steps, favoured=True))
         b_simple = self._recent_b_simple()
         if 2 * live.batch_size <= self.task.num_train_samples:
             branches.append(self._batch_branch("2B", 2 * live.batch_size, b_simple))
@@ -417,11 +397,6 @@ class _Controller:
             lr = min(lr, self.diverged_lr / self.options.lr_factor)
         micro, accumulation = plan.split_for_memory(batch_size, self._ceiling(batch_size))
         return Branch(role, batch_size, lr, accumulation if micro * accumulation == batch_size else 1)
-
-    def _on_plateau(self) -> bool:
-        """The live validation loss has not fallen over the latter half of the run (at least three
-        of the judge's scores): the fitted slope is flat or rising."""
-        return len(self.val_loss_log) >= 3 and self._val_loss_rate() <= 0.0
 
     def _lr_allowed(self, lr: float) -> bool:
         return self.diverged_lr is None or lr < self.diverged_lr
@@ -448,7 +423,6 @@ class _Controller:
         for outcome in record.outcomes:
             if outcome.diverged:
                 self.diverged_lr = min(self.diverged_lr or math.inf, outcome.lr)
-        self._settle_doubt(record, winner, branches)
         self._say(record)
         if winner is self.live:
             return None, record
@@ -459,13 +433,6 @@ class _Controller:
         if record.finished:
             return None, record
         return next(b for b in branches if b.role == record.winner), record
-
-    def _settle_doubt(self, record: RaceRecord, winner: Run, branches: list[Branch]) -> None:
-        """A raise that won on doubt opens a doubt; a race that tried the lr ÷ factor settles it."""
-        if record.won_on_doubt:
-            self.doubt = {"lr": winner.peak_lr, "decision": len(self.decisions)}
-        elif any(branch.role.startswith("lr÷") for branch in branches):
-            self.doubt = None  # raced: settled, whichever branch won
 
     def _ceiling(self, batch_size: int) -> int:
         """The largest micro-batch known to fit at ``batch_size``: measured once per new size.
@@ -634,8 +601,7 @@ class _Controller:
                     f" {o.advantage_seconds:+.2f}±{o.advantage_se:.2f} s" if o.role != "incumbent" else "")
                  for o in record.outcomes]
         self.console.print(f"  {record.kind} race at {record.train_seconds:.1f} s (step {record.step}, "
-                           f"{record.stretch_samples} samples): {', '.join(parts)} → {record.winner}"
-                           + (" (on doubt: not clearly ahead)" if record.won_on_doubt else ""),
+                           f"{record.stretch_samples} samples): {', '.join(parts)} → {record.winner}",
                            highlight=False)
 
     def _status_line(self) -> str:
@@ -686,8 +652,7 @@ class _Controller:
             "times": asdict(self.times), "races": [r.to_dict() for r in self.races],
             "schedule": self.schedule, "eta": self.eta_log,
             "next_decision_seconds": self.next_decision_seconds,
-            "diverged_lr": self.diverged_lr, "doubt": self.doubt,
-            "memory_ceiling": self.memory_ceiling,
+            "diverged_lr": self.diverged_lr, "memory_ceiling": self.memory_ceiling,
             "fits_up_to": self.fits_up_to, "resumed": self.resumed, "options": asdict(self.options),
             "val_loss_log": self.val_loss_log, "loss_metric_pairs": self.loss_metric_pairs,
             "decisions": self.decisions,
@@ -706,7 +671,6 @@ class _Controller:
         self.eta_log = controller["eta"]
         self.next_decision_seconds = controller["next_decision_seconds"]
         self.diverged_lr = controller["diverged_lr"]
-        self.doubt = controller.get("doubt")
         self.memory_ceiling = controller["memory_ceiling"]
         self.fits_up_to = int(controller["fits_up_to"])
         self.val_loss_log = [tuple(point) for point in controller["val_loss_log"]]  # type: ignore[misc]

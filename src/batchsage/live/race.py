@@ -19,10 +19,8 @@ rate the live run's validation loss has been falling. It wins when the advantage
 for every branch, so what differs is the models); a tie keeps the incumbent. A larger lr is the
 exception: even after the cooldown a short race sees the transient of an lr raise and not yet what
 it buys (measured on digits-mlp at B=64: lr ×2 behind after 2,048 samples, level after 6,144), so
-it wins unless it is clearly behind; such a win is recorded as on doubt, so that a later race
-(after more training, when the raise's effect shows) can take it back. Only the losers'
-stretches and the cooldowns are wasted: the winner's state (not its cooled copy) becomes the live
-run.
+it wins unless it is clearly behind. Only the losers' stretches and the cooldowns are wasted: the
+winner's state (not its cooled copy) becomes the live run.
 """
 
 from __future__ import annotations
@@ -156,9 +154,6 @@ class RaceRecord:
     loss_rate: float = 0.0
     outcomes: list[BranchOutcome] = field(default_factory=list)
     winner: str = "incumbent"
-    #: The winner is a larger lr that was not clearly ahead (it won on the benefit of the doubt):
-    #: a later race checks it against the lr it came from.
-    won_on_doubt: bool = False
     #: A branch's cooled copy reached the target: it is the run's end.
     finished: bool = False
     #: Training seconds thrown away: the losing branches' stretches and every cooldown.
@@ -324,9 +319,6 @@ def _judge_all(record: RaceRecord, contenders: list[_Contender]) -> None:
         count = len(differences)
         se = float(np.std(differences, ddof=1)) / math.sqrt(count) if count > 1 else math.inf
         saved = incumbent.outcome.train_seconds - outcome.train_seconds
-        if (outcome.batch_size, outcome.accumulation_steps, outcome.steps) == (
-                incumbent.outcome.batch_size, incumbent.outcome.accumulation_steps, incumbent.outcome.steps):
-            saved = 0.0  # the same steps of the same batch cost the same: the difference is clock noise
         if record.loss_rate > 0:
             outcome.advantage_seconds = saved + lead / record.loss_rate
             outcome.advantage_se = se / record.loss_rate
@@ -336,7 +328,7 @@ def _judge_all(record: RaceRecord, contenders: list[_Contender]) -> None:
 
 def _conclude(record: RaceRecord, contenders: list[_Contender]) -> tuple[Run, RaceRecord]:
     finisher = next((c for c in contenders if c.finished is not None), None)
-    best, best_advantage, on_doubt = contenders[0], -math.inf, False
+    best, best_advantage = contenders[0], -math.inf
     for contender in contenders[1:]:
         outcome = contender.outcome
         if finisher is not None or outcome is None or outcome.diverged:
@@ -350,7 +342,6 @@ def _conclude(record: RaceRecord, contenders: list[_Contender]) -> tuple[Run, Ra
         qualifies = outcome.advantage_seconds >= -margin if favoured else outcome.advantage_seconds > margin
         if qualifies and outcome.advantage_seconds > best_advantage:
             best, best_advantage = contender, outcome.advantage_seconds
-            on_doubt = favoured and outcome.advantage_seconds <= margin
     if finisher is not None:
         best = finisher
     record.outcomes = [c.outcome for c in contenders if c.outcome is not None]
@@ -359,7 +350,6 @@ def _conclude(record: RaceRecord, contenders: list[_Contender]) -> tuple[Run, Ra
             contender.outcome.won = contender is best
     record.winner = best.branch.role
     record.finished = finisher is not None
-    record.won_on_doubt = on_doubt and finisher is None
     kept_cooldown = finisher.cooldowns[-1][0] if finisher is not None else 0.0
     record.discarded_seconds = (sum(o.train_seconds for o in record.outcomes if not o.won)
                                 + record.cooldown_seconds - kept_cooldown)
