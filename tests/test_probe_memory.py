@@ -464,12 +464,11 @@ def test_a_ceiling_memory_sets_is_checked_in_a_fresh_process(tmp_path: Path) -> 
 
 
 def test_a_task_with_a_source_has_its_ceiling_checked_in_a_fresh_process(fixtures_dir: Path) -> None:
+    from batchsage.probe.fresh import fresh_peak_bytes
     from batchsage.task import load_task
 
     task = load_task(f"{fixtures_dir / 'tiny_tasks.py'}:memory_heavy_task")
     assert task.source is not None and task.source.endswith("tiny_tasks.py:memory_heavy_task")
-    from batchsage.probe.fresh import fresh_peak_bytes
-
     # The budget sits 160 MiB above one sample in whichever process holds more before its step:
     # a child forked from this test session, or a fresh process (which imports everything itself
     # and can hold more than a small parent, or far less than a large one).
