@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -31,6 +29,7 @@ from batchsage.engine import Run
 from batchsage.jsonio import write_json
 from batchsage.live import FitOptions, fit
 from batchsage.task import load_task
+from groundtruth import load_average, machine_info
 
 HERE = Path(__file__).resolve().parent
 TASKS = ("linreg", "digits-mlp", "fashion-mlp", "fashion-cnn", "charlm")
@@ -73,9 +72,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"pinned fit {seconds['pinned'] * 1e3:.2f} ms/step", flush=True)
         rows.append({"task": name, "ratios": ratios, "overhead": statistics.median(ratios) - 1.0})
     document = {"date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "threads": 1,
-                "machine": {"platform": platform.platform(terse=True), "cpu_count": os.cpu_count(),
-                            "torch": torch.__version__},
-                "load_average_at_end": list(os.getloadavg()),
+                "machine": machine_info("cpu"), "load_average_at_end": load_average(),
                 "tasks": rows, "median_overhead": statistics.median(r["overhead"] for r in rows)}
     write_json(args.out, document)
     print(f"median overhead {document['median_overhead']:+.1%}")

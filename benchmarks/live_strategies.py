@@ -34,8 +34,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import platform
 import statistics
 import sys
 import time
@@ -50,6 +48,7 @@ from batchsage.engine import train
 from batchsage.jsonio import write_json
 from batchsage.live import fit
 from batchsage.task import Task, load_task
+from groundtruth import machine_info
 
 #: Where the ETA is evaluated: once this share of the final kept training time has passed.
 ETA_AT = 0.25
@@ -202,15 +201,6 @@ def _finite(value: float) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def _processor() -> str:
-    """The CPU's model name (platform.processor() is empty on most Linux systems)."""
-    try:
-        with open("/proc/cpuinfo") as handle:
-            return next(line.split(":", 1)[1].strip() for line in handle if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or platform.machine()
-
-
 def add_end_to_end(strategies: dict[str, dict[str, Any]]) -> None:
     """``end_to_end`` = regret + decision cost for the strategies that decide before training
     (``end_to_end_at_least`` where the runs were cut before the target)."""
@@ -259,9 +249,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     add_end_to_end(strategies)
     document["live_protocol"] = {"seeds": seeds, "threads": args.threads, "eta_at": ETA_AT,
                                  "date": time.strftime("%Y-%m-%d", time.gmtime()),
-                                 "machine": {"platform": platform.platform(terse=True),
-                                             "processor": _processor(), "cpu_count": os.cpu_count(),
-                                             "torch": torch.__version__}}
+                                 "machine": machine_info("cpu")}
     write_json(args.results, document)
     fit_result = strategies["batchsage_fit"]
     print(json.dumps({k: fit_result[k] for k in ("end_to_end", "end_to_end_measured", "per_seed_end_to_end",

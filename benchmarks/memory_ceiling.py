@@ -29,7 +29,6 @@ import datetime as dt
 import json
 import math
 import os
-import platform
 import subprocess
 import sys
 from pathlib import Path
@@ -41,6 +40,7 @@ from batchsage.jsonio import write_json
 from batchsage.probe.memory import MemoryBudgetError, probe_memory
 from batchsage.task import load_task
 from batchsage.units import format_bytes
+from groundtruth import machine_info
 
 HERE = Path(__file__).resolve().parent
 HEAVY = f"{HERE / 'tasks' / 'heavy_activations.py'}:make_task"
@@ -208,8 +208,7 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(row)
     document = {
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "machine": {"platform": platform.platform(terse=True), "processor": platform.processor() or "x86_64",
-                    "cpu_count": os.cpu_count(), "torch": torch.__version__},
+        "machine": machine_info("cpu"),
         "tasks": rows,
     }
     write_json(args.out, document)
